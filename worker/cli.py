@@ -1,0 +1,225 @@
+"""``python -m worker``: flags over environment over defaults, one clear line on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import socket
+import sys
+import time
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from worker import __version__, defaults
+from worker.cpus import CpuInfo, detect_cpus
+from worker.settings import WorkerSettings, describe_error
+
+log = logging.getLogger("worker")
+
+EPILOG = """\
+strategies:
+  thread   a thread pool in one process: use it for I/O-bound jobs (network, disk, sleeps).
+           Threads share one GIL, so CPU-bound Python code gains nothing from more threads.
+           Timeouts cannot kill a thread: an overdue job is failed and its thread replaced.
+  process  a pool of child processes (forkserver): use it for CPU-bound jobs. One child per
+           CPU by default; hard timeouts (the child is killed); a crash fails only its job.
+  inline   one job at a time in the worker process: the baseline (like rq's SimpleWorker).
+
+sizing:
+  --concurrency auto sizes the pool from the CPUs this process may use (affinity and the
+  cgroup CPU quota): process = CPUs, thread = CPUs x WORKER_THREADS_PER_CPU.
+
+Every flag has an environment variable: REDIS_URL, WORKER_STRATEGY, WORKER_CONCURRENCY, ...
+(flag --foo-bar -> WORKER_FOO_BAR). Flags win over the environment.
+"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags get one line, not the whole usage block."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="python -m worker",
+        description="poolq worker: runs RQ jobs from Redis in a thread, process or inline pool.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    d = defaults
+    a = p.add_argument
+    a("--strategy", choices=d.STRATEGIES, help=f"how jobs run (default: {d.STRATEGY}); see below")
+    a("--concurrency", metavar="auto|N", help=f"jobs run at once (default: {d.CONCURRENCY})")
+    a("--queues", "-q", metavar="A,B", help=f"queues to consume, in priority order (default: {','.join(d.QUEUES)})")
+    a("--burst", "-b", action="store_true", help="exit 0 once the queues are empty and no job runs")
+    a("--name", "-n", help="worker name (default: <hostname>.<pid>)")
+    a("--redis-url", "-u", metavar="URL", help=f"Redis to use (default: {d.REDIS_URL}; env REDIS_URL)")
+    a("--serializer", choices=("json", "pickle"),
+      help=f"job payload format (default: {d.SERIALIZER}; pickle can run code when a payload is read)")
+    a("--allowed-functions", metavar="GLOBS",
+      help=f"functions jobs may name, comma-separated globs (default: {','.join(d.ALLOWED_FUNCTIONS)})")
+    a("--threads-per-cpu", type=int, help=f"thread pool size per CPU with --concurrency auto (default: {d.THREADS_PER_CPU})")
+    a("--job-timeout-seconds", type=int, help=f"timeout of jobs that carry none (default: {d.JOB_TIMEOUT_SECONDS})")
+    a("--result-ttl-seconds", type=int, help=f"how long results are kept (default: {d.RESULT_TTL_SECONDS})")
+    a("--shutdown-timeout", type=float, metavar="S",
+      help=f"on SIGTERM, seconds running jobs may take before they are re-queued (default: {d.SHUTDOWN_TIMEOUT_SECONDS:g})")
+    a("--redis-wait", type=float, metavar="S",
+      help=f"seconds to wait for Redis at start, then exit 1; 0 waits forever (default: {d.REDIS_WAIT_SECONDS:g})")
+    a("--max-jobs-per-child", type=int, metavar="N", help="process strategy: replace a child after N jobs (default: 0, never)")
+    a("--max-child-memory-mb", type=float, metavar="MB",
+      help="process strategy: replace a child whose RSS exceeds MB after its job (default: 0, off)")
+    a("--max-redeliveries", type=int, metavar="N",
+      help=f"times a job of a dead worker is re-queued before it fails as abandoned (default: {d.MAX_REDELIVERIES})")
+    a("--metrics-port", type=int, metavar="PORT", help=f"Prometheus /metrics port, 0 disables (default: {d.METRICS_PORT})")
+    a("--metrics-address", metavar="ADDR", help=f"address /metrics binds to (default: {d.METRICS_ADDRESS})")
+    a("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help=f"(default: {d.LOG_LEVEL})")
+    a("--check", action="store_true",
+      help="health check: exit 0 if Redis answers (and, with --require-worker, a live worker runs on this host)")
+    a("--require-worker", action="store_true", help="with --check: also require a live worker registered from this host")
+    a("--version", action="version", version=f"poolq worker {__version__}")
+    return p
+
+
+def load_settings(argv: list[str] | None) -> tuple[WorkerSettings, argparse.Namespace]:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("check", "require_worker")}
+    try:
+        settings = WorkerSettings(**overrides)
+    except ValidationError as e:
+        print(describe_error(e), file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings, args
+
+
+def connect(url: str, retries: int = 20) -> redis.Redis:
+    """A client that rides out short Redis outages: commands retry with capped backoff."""
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
+        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        health_check_interval=30,
+    )
+
+
+def wait_for_redis(conn: redis.Redis, url: str, wait_s: float) -> None:
+    deadline = None if wait_s == 0 else time.monotonic() + wait_s
+    delay, warned = 0.2, False
+    while True:
+        try:
+            conn.ping()
+            if warned:
+                log.info("Redis at %s is reachable", url)
+            return
+        except redis.exceptions.RedisError as e:
+            if not warned:
+                limit = "forever" if deadline is None else f"up to {wait_s:g} s (WORKER_REDIS_WAIT)"
+                log.error("Redis at %s is not reachable (%s); retrying for %s", url, e, limit)
+                warned = True
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"error: Redis at {url} unreachable after {wait_s:g} s; giving up", file=sys.stderr)
+                raise SystemExit(1) from None
+            time.sleep(delay)
+            delay = min(delay * 2, defaults.REDIS_BACKOFF_MAX_SECONDS)
+
+
+def check(settings: WorkerSettings, require_worker: bool) -> int:
+    conn = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        conn.ping()
+    except redis.exceptions.RedisError as e:
+        print(f"unhealthy: Redis at {settings.redis_url} unreachable: {e}", file=sys.stderr)
+        return 1
+    if not require_worker:
+        print("ok: Redis reachable")
+        return 0
+    from rq.utils import utcparse
+    from rq.worker import Worker
+
+    host = socket.gethostname()
+    for w in Worker.all(connection=conn):
+        if w.hostname == host and w.last_heartbeat is not None:
+            beat = w.last_heartbeat if not isinstance(w.last_heartbeat, str) else utcparse(w.last_heartbeat)
+            age = time.time() - beat.timestamp()
+            if age <= settings.worker_ttl_seconds + settings.heartbeat_interval_seconds:
+                print(f"ok: worker {w.name} alive (heartbeat {age:.1f} s ago)")
+                return 0
+    print(f"unhealthy: no worker with a fresh heartbeat registered from host {host}", file=sys.stderr)
+    return 1
+
+
+def resolve_concurrency(settings: WorkerSettings) -> int | None:
+    return None if settings.concurrency == "auto" else int(settings.concurrency)
+
+
+def describe_start(settings: WorkerSettings, cpu: CpuInfo, capacity: int, name: str) -> str:
+    quota = "none" if cpu.quota is None else f"{cpu.quota:g}"
+    how = "auto" if settings.concurrency == "auto" else "explicit"
+    return (
+        f"poolq worker {name}: strategy={settings.strategy} concurrency={capacity} ({how}) "
+        f"available_cpus={cpu.available} (affinity={cpu.affinity}, cgroup quota={quota}, from {cpu.source}) "
+        f"queues={settings.queues} python={platform.python_version()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, args = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("rq").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
+    logging.getLogger("worker.rq").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
+    if getattr(args, "check", False):
+        return check(settings, getattr(args, "require_worker", False))
+    return run(settings)
+
+
+def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
+    from rq.serializers import JSONSerializer
+
+    from worker.hooks import HookChain
+    from worker.pool_worker import PoolWorker
+    from worker.strategies import STRATEGIES, StrategyConfig
+
+    cpu = detect_cpus()
+    config = StrategyConfig(
+        available_cpus=cpu.available,
+        concurrency=resolve_concurrency(settings),
+        threads_per_cpu=settings.threads_per_cpu,
+        max_jobs_per_child=settings.max_jobs_per_child,
+        max_child_memory_mb=settings.max_child_memory_mb,
+    )
+    hooks = HookChain(extra_hooks or [])
+    strategy = STRATEGIES[settings.strategy](config, hooks)
+    conn = connect(settings.redis_url)
+    wait_for_redis(conn, settings.redis_url, settings.redis_wait)
+    name = settings.name or f"{socket.gethostname()}.{__import__('os').getpid()}"
+    serializer: Any = JSONSerializer if settings.serializer == "json" else None
+    worker = PoolWorker(
+        settings.queue_names,
+        conn,
+        strategy,
+        name=name,
+        serializer=serializer,
+        allowed_functions=settings.allowed_patterns,
+        cpu_info=cpu,
+        hooks=hooks,
+        default_result_ttl=settings.result_ttl_seconds,
+        default_job_timeout=settings.job_timeout_seconds,
+        heartbeat_interval=settings.heartbeat_interval_seconds,
+        worker_ttl=settings.worker_ttl_seconds,
+        maintenance_interval=settings.maintenance_interval_seconds,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    log.info("%s", describe_start(settings, cpu, strategy.capacity, name))
+    worker.work(burst=settings.burst)
+    return 0

@@ -1,0 +1,501 @@
+"""The dequeue loop and the job lifecycle: one RQ worker identity, many executions at once.
+
+``PoolWorker`` is an RQ 3 ``BaseWorker``: registration, heartbeats, executions, results,
+retries, dependents and registries all go through RQ's own functions, so stock tooling
+(``rq info``, ``Job.fetch``, ``FailedJobRegistry``) reads a poolq worker like any other.
+What it adds is concurrency without prefetch: a job is dequeued only when a slot is free
+(``_slots``), and handed to the strategy, which decides where its function runs.
+
+Three threads matter:
+- the main thread runs :meth:`_loop` (dequeue) and receives signals;
+- slot threads (owned by the strategy) run :meth:`_run`, the lifecycle of one job;
+- the monitor thread (:meth:`_monitor`) sends heartbeats, enforces timeouts that a strategy
+  could not enforce itself, runs the scheduler tick and RQ's registry maintenance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions
+from rq.defaults import DEFAULT_FAILURE_TTL
+from rq.exceptions import DequeueTimeout
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry
+from rq.results import Result
+from rq.scheduler import RQScheduler
+from rq.timeouts import JobTimeoutException
+from rq.utils import current_timestamp, now
+from rq.worker import BaseWorker, WorkerStatus
+
+from worker import defaults
+from worker.allowlist import check_allowed
+from worker.errors import ChildCrashed, FunctionNotAllowed, MalformedJob
+from worker.hooks import HookChain
+
+if TYPE_CHECKING:
+    from rq.executions import Execution
+
+    from worker.cpus import CpuInfo
+    from worker.strategies import Strategy
+
+log = logging.getLogger("worker")
+
+# An overdue job gets this much longer for its strategy to stop it before the monitor fails it.
+TIMEOUT_GRACE_SECONDS = 0.5
+# After a strategy said it stopped an overdue job, how long before the monitor fails it anyway.
+STOPPED_JOB_GRACE_SECONDS = 4.0
+
+ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One in-flight job. Whoever claims it first (the slot, the monitor, the drain) ends it."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    enqueued_at: float | None
+    started: float = field(default_factory=time.monotonic)
+    deadline: float | None = None
+    token: object = None
+    abandoned: bool = False
+    _claimed: bool = False
+    _released: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self) -> bool:
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
+    @property
+    def claimed(self) -> bool:
+        return self._claimed
+
+    def release_once(self) -> bool:
+        with self._lock:
+            if self._released:
+                return False
+            self._released = True
+            return True
+
+
+def status_of(exc: BaseException | None) -> str:
+    """The bounded ``status`` label for an ended job."""
+    if exc is None:
+        return "finished"
+    if isinstance(exc, JobTimeoutException):
+        return "timed_out"
+    if isinstance(exc, ChildCrashed):
+        return "crashed"
+    if isinstance(exc, FunctionNotAllowed):
+        return "rejected"
+    return "failed"
+
+
+class PoolWorker(BaseWorker):
+    """An RQ worker that runs up to ``strategy.capacity`` jobs at once."""
+
+    log_result_lifespan = False
+
+    def __init__(
+        self,
+        queues: list[str],
+        connection: redis.Redis,
+        strategy: Strategy,
+        *,
+        name: str | None = None,
+        serializer: Any = None,
+        allowed_functions: list[str] | None = None,
+        cpu_info: CpuInfo | None = None,
+        hooks: HookChain | None = None,
+        default_result_ttl: int = defaults.RESULT_TTL_SECONDS,
+        default_job_timeout: int = defaults.JOB_TIMEOUT_SECONDS,
+        heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL_SECONDS,
+        worker_ttl: int = defaults.WORKER_TTL_SECONDS,
+        maintenance_interval: float = defaults.MAINTENANCE_INTERVAL_SECONDS,
+        shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT_SECONDS,
+        on_recovery_tick: Callable[[PoolWorker], None] | None = None,
+    ) -> None:
+        super().__init__(
+            queues,
+            name=name,
+            connection=connection,
+            serializer=serializer,
+            default_result_ttl=default_result_ttl,
+            worker_ttl=worker_ttl,
+            job_monitoring_interval=max(1, int(heartbeat_interval)),
+            maintenance_interval=int(maintenance_interval),
+            log_job_description=False,
+        )
+        # RQ logs several lines per job at INFO; at thousands of jobs/s that is the bottleneck.
+        self.log = logging.getLogger("worker.rq")
+        self.strategy = strategy
+        self.allowed_functions = allowed_functions or list(defaults.ALLOWED_FUNCTIONS)
+        self.cpu_info = cpu_info
+        self.hooks = hooks or HookChain()
+        self.default_job_timeout = default_job_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.shutdown_timeout = shutdown_timeout
+        self.on_recovery_tick = on_recovery_tick
+        self._slots = threading.BoundedSemaphore(strategy.capacity)
+        self._tickets: dict[str, Ticket] = {}
+        self._changed = threading.Condition()
+        self._stop_requested = False
+        self._cold = False
+        self._monitor_stop = threading.Event()
+        self._monitor_thread: threading.Thread | None = None
+        self._maintenance_interval_s = maintenance_interval
+        self._scheduler = RQScheduler(self.queue_names(), connection=connection, serializer=serializer)
+        self.jobs_started = 0
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tickets)
+
+    # ------------------------------------------------------------------ the loop
+
+    def work(self, burst: bool = False, logging_level: str | None = None, **_: Any) -> bool:  # type: ignore[override]
+        """Register, start the pool, dequeue until stopped (or, with ``burst``, until idle)."""
+        self.bootstrap(logging_level=None)
+        self.strategy.start()
+        self.set_state(WorkerStatus.IDLE)
+        self.hooks.on_worker_start(self)
+        self._install_signal_handlers()
+        self._monitor_thread = threading.Thread(target=self._monitor, name="poolq-monitor", daemon=True)
+        self._monitor_thread.start()
+        self._scheduler_tick()
+        worked = False
+        try:
+            worked = self._loop(burst)
+        finally:
+            self._finish()
+        return worked
+
+    def _loop(self, burst: bool) -> bool:
+        worked = False
+        while not self._stop_requested:
+            if not self._slots.acquire(timeout=0.5):
+                continue
+            try:
+                result = self._dequeue(burst)
+            except BaseException:
+                self._slots.release()
+                raise
+            if result is None:
+                self._slots.release()
+                if burst:
+                    with self._changed:
+                        if not self._tickets:
+                            log.info("burst: queues empty and nothing in flight, quitting")
+                            break
+                        self._changed.wait(0.5)
+                continue
+            worked = True
+            self._start(*result)
+        return worked
+
+    def _dequeue(self, burst: bool) -> tuple[Job, Queue] | None:
+        """One dequeue attempt: a job, or None (timeout, Redis trouble, a rejected bad job)."""
+        timeout = None if burst else defaults.DEQUEUE_BLOCK_SECONDS
+        try:
+            result = self.queue_class.dequeue_any(
+                self._ordered_queues,
+                timeout,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+        except DequeueTimeout:
+            return None
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            log.error("Redis unavailable while dequeuing (%s); retrying", e)
+            self.hooks.on_event(self, "redis_error")
+            time.sleep(1.0)
+            return None
+        except Exception as e:
+            job_id = getattr(e, "job_id", None)
+            queue = getattr(e, "queue", None)
+            if job_id is None or queue is None:
+                raise
+            self.reject_malformed(job_id, queue, e)
+            return None
+        if result is not None:
+            self.reorder_queues(reference_queue=result[1])
+        return result
+
+    def _start(self, job: Job, queue: Queue) -> None:
+        try:
+            execution = self.prepare_execution(job)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # The job stays in the queue's intermediate list; recovery brings it back.
+            log.exception("could not register the execution of job %s", job.id)
+            self._slots.release()
+            return
+        enq = job.enqueued_at.timestamp() if job.enqueued_at else None
+        ticket = Ticket(job=job, queue=queue, execution=execution, enqueued_at=enq)
+        with self._changed:
+            self._tickets[execution.id] = ticket
+        self.jobs_started += 1
+        self.strategy.submit(lambda: self._run(ticket))
+
+    # ------------------------------------------------------------------ one job
+
+    def _run(self, ticket: Ticket) -> None:
+        """The lifecycle of one job, in a slot thread (or the main thread for inline)."""
+        ticket.token = self.strategy.current_token()
+        try:
+            self.hooks.on_job_start(self, ticket.job, ticket.queue.name)
+            self.perform_job(ticket.job, ticket.queue, ticket.execution, ticket)  # type: ignore[call-arg]
+        finally:
+            self._end(ticket)
+
+    def perform_job(  # type: ignore[override]
+        self, job: Job, queue: Queue, execution: Execution, ticket: Ticket | None = None
+    ) -> bool:
+        """RQ's ``perform_job`` with the function call delegated to the strategy.
+
+        The one override point for running a job: preparation, success and failure handling are
+        RQ's own (``prepare_job_execution``, ``_finalize_success``, ``_finalize_failure``).
+        """
+        ticket = ticket or self._tickets[execution.id]
+        owned = False
+        t0 = time.perf_counter()
+        try:
+            self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+            job.started_at = now()
+            check_allowed(job.func_name, self.allowed_functions)
+            timeout = job.timeout or self.default_job_timeout
+            limit = None if timeout == -1 else float(timeout)
+            ticket.deadline = None if limit is None else time.monotonic() + limit
+            return_value = self.strategy.perform(job, limit if limit is not None else 1e9)
+            owned = ticket.claim()
+            if not owned:
+                return False  # the monitor or a drain already ended this job
+            self._finalize_success(job, queue, execution, return_value)
+            self._report(ticket, None, time.perf_counter() - t0)
+            return True
+        except BaseException as e:
+            exc_info: ExcInfo = sys.exc_info()
+            if owned or ticket.claim():
+                self._fail(ticket, exc_info, time.perf_counter() - t0)
+            elif not isinstance(e, Exception):
+                raise
+            return False
+
+    def _fail(self, ticket: Ticket, exc_info: ExcInfo, run_seconds: float) -> None:
+        job = ticket.job
+        retries_before = job.retries_left
+        try:
+            self._finalize_failure(job, ticket.queue, ticket.execution, exc_info)
+        except Exception:
+            log.exception("could not record the failure of job %s", job.id)
+        retried = bool(retries_before) and job.retries_left is not None and job.retries_left < retries_before
+        self._report(ticket, exc_info[1], run_seconds, "retried" if retried else None)
+
+    def _report(
+        self, ticket: Ticket, exc: BaseException | None, run_seconds: float, status: str | None = None
+    ) -> None:
+        end = time.time()
+        job = ticket.job
+        wait = None
+        if ticket.enqueued_at is not None and job.started_at is not None:
+            wait = max(0.0, job.started_at.timestamp() - ticket.enqueued_at)
+        total = None if ticket.enqueued_at is None else max(0.0, end - ticket.enqueued_at)
+        self.hooks.on_job_end(
+            self, job, ticket.queue.name, status or status_of(exc), run_seconds, wait, total, self.strategy.name
+        )
+
+    def _end(self, ticket: Ticket) -> None:
+        with self._changed:
+            self._tickets.pop(ticket.execution.id, None)
+            idle = not self._tickets
+            self._changed.notify_all()
+        if ticket.release_once():
+            self._slots.release()
+        if idle:
+            try:
+                self.set_state(WorkerStatus.IDLE)
+            except redis.exceptions.RedisError:
+                pass
+
+    # ------------------------------------------------------------------ monitor thread
+
+    def _monitor(self) -> None:
+        next_beat = next_maint = next_sched = time.monotonic()
+        while not self._monitor_stop.wait(0.25):
+            t = time.monotonic()
+            try:
+                self._enforce_timeouts(t)
+                if t >= next_beat:
+                    next_beat = t + self.heartbeat_interval
+                    self._heartbeat_all()
+                if t >= next_sched:
+                    next_sched = t + 1.0
+                    self._scheduler_tick()
+                    if self.on_recovery_tick is not None:
+                        self.on_recovery_tick(self)
+                if t >= next_maint:
+                    next_maint = t + self._maintenance_interval_s
+                    self.clean_registries()
+            except redis.exceptions.RedisError as e:
+                log.warning("monitor: Redis error (%s); will retry", e)
+            except Exception:
+                log.exception("monitor: unexpected error (ignored)")
+
+    def _enforce_timeouts(self, t: float) -> None:
+        """Fail jobs past their timeout that their strategy did not stop (threads cannot be killed)."""
+        for ticket in list(self._tickets.values()):
+            if ticket.deadline is None or ticket.claimed or t < ticket.deadline + TIMEOUT_GRACE_SECONDS:
+                continue
+            if not ticket.abandoned:
+                ticket.abandoned = True
+                if self.strategy.abandon(ticket.token):
+                    continue  # the strategy stopped it and its slot will record the timeout
+            elif t < ticket.deadline + STOPPED_JOB_GRACE_SECONDS:
+                continue
+            if not ticket.claim():
+                continue
+            try:
+                raise JobTimeoutException(
+                    f"Task exceeded maximum timeout value ({ticket.job.timeout} seconds); "
+                    f"the {self.strategy.name} slot running it could not be stopped and was abandoned"
+                )
+            except JobTimeoutException:
+                self._fail(ticket, sys.exc_info(), t - ticket.started)
+            with self._changed:
+                self._tickets.pop(ticket.execution.id, None)
+                self._changed.notify_all()
+            if ticket.release_once():
+                self._slots.release()
+
+    def _heartbeat_all(self) -> None:
+        """Worker, executions and jobs in one round trip (RQ's maintain_heartbeats, batched)."""
+        tickets = list(self._tickets.values())
+        ttl = int(self.heartbeat_interval) + 60
+        with self.connection.pipeline() as p:
+            self.heartbeat(self.worker_ttl + 60, pipeline=p)
+            index: list[Ticket] = []
+            for tk in tickets:
+                tk.execution.heartbeat(tk.job.started_job_registry, ttl, pipeline=p)
+                index.append(tk)
+                tk.job.heartbeat(now(), ttl, pipeline=p)
+            results = p.execute()
+        # A job deleted right after it finished (result_ttl=0) would be re-created by the hset.
+        per = (len(results) - 3) // max(1, len(tickets)) if tickets else 0
+        stale = [tk.job.key for i, tk in enumerate(index) if per and results[3 + per * (i + 1) - 1] == 1]
+        if stale:
+            self.connection.delete(*stale)
+
+    def _scheduler_tick(self) -> None:
+        """Move due scheduled jobs (Retry intervals, enqueue_in) to their queues."""
+        try:
+            if self._scheduler.acquire_locks():
+                self._scheduler.enqueue_scheduled_jobs()
+        except redis.exceptions.RedisError as e:
+            log.debug("scheduler tick failed: %s", e)
+
+    # ------------------------------------------------------------------ bad input
+
+    def reject_malformed(self, job_id: str, queue: Queue, exc: BaseException) -> None:
+        """Fail a job whose hash cannot be read, with the reason, and go on."""
+        reason = f"{MalformedJob.__name__}: job {job_id} could not be loaded: {type(exc).__name__}: {exc}"
+        log.error("%s", reason)
+        self.hooks.on_event(self, "malformed_job", queue=queue.name)
+        ttl = DEFAULT_FAILURE_TTL
+        stub = Job(job_id, connection=self.connection, serializer=self.serializer)
+        registry = FailedJobRegistry(queue.name, connection=self.connection, serializer=self.serializer)
+        with self.connection.pipeline() as p:
+            p.zadd(registry.key, {job_id: current_timestamp() + ttl})
+            p.hset(stub.key, mapping={"status": JobStatus.FAILED.value, "exc_info": reason})
+            p.lrem(queue.intermediate_queue_key, 1, job_id)
+            Result.create_failure(stub, ttl, reason, worker_name=self.name, pipeline=p)
+            p.execute()
+
+    # ------------------------------------------------------------------ stopping
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags here: the main thread may be inside a Redis call.
+        if not self._stop_requested:
+            self._stop_requested = True
+            self._shutdown_requested_date = now()
+            log.info(
+                "warm shutdown (%s): no new jobs; waiting up to %.0f s for %d running; signal again for cold",
+                signal.Signals(signum).name, self.shutdown_timeout, self.in_flight,
+            )
+        else:
+            self._cold = True
+            log.warning("cold shutdown (%s): stopping running jobs and re-queueing them", signal.Signals(signum).name)
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:  # type: ignore[override]
+        self._on_signal(signum or signal.SIGTERM, frame)
+
+    def _finish(self) -> None:
+        """Drain (warm) or stop (cold), re-queue what did not finish, register death."""
+        deadline = time.monotonic() + self.shutdown_timeout
+        with self._changed:
+            while self._tickets and not self._cold and time.monotonic() < deadline:
+                self._changed.wait(0.2)
+        leftover = list(self._tickets.values())
+        if leftover:
+            log.warning("%d job(s) did not finish in time: re-queueing them", len(leftover))
+            self.strategy.kill_running()
+            for ticket in leftover:
+                self.requeue(ticket)
+        self.strategy.shutdown(wait=not leftover, timeout=2.0)
+        self._monitor_stop.set()
+        if self._monitor_thread is not None:
+            self._monitor_thread.join(2.0)
+        self.hooks.on_worker_stop(self)
+        try:
+            self.teardown()
+        except redis.exceptions.RedisError as e:
+            log.error("could not register worker death: %s", e)
+
+    def requeue(self, ticket: Ticket) -> bool:
+        """Put a running job back at the front of its queue (shutdown, cold stop)."""
+        if not ticket.claim():
+            return False
+        job, queue = ticket.job, ticket.queue
+        try:
+            with self.connection.pipeline() as p:
+                self.cleanup_execution(job, pipeline=p, execution=ticket.execution)
+                queue._enqueue_job(job, pipeline=p, at_front=True)
+                p.execute()
+        except redis.exceptions.RedisError:
+            log.exception("could not re-queue job %s; recovery will bring it back", job.id)
+            return False
+        self._report(ticket, None, time.monotonic() - ticket.started, "requeued")
+        with self._changed:
+            self._tickets.pop(ticket.execution.id, None)
+        return True
+
+    def child_pids(self) -> list[int]:
+        return self.strategy.child_pids()
+
+    def procline(self, message: str) -> None:
+        """RQ sets the process title per job; from many threads that is noise and a syscall each."""
+
+    def own_pid(self) -> int:
+        return os.getpid()
