@@ -42,7 +42,7 @@ Every flag has an environment variable: REDIS_URL, WORKER_STRATEGY, WORKER_CONCU
 class OneLineParser(argparse.ArgumentParser):
     """Bad flags get one line, not the whole usage block."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -62,28 +62,71 @@ def build_parser() -> argparse.ArgumentParser:
     a("--burst", "-b", action="store_true", help="exit 0 once the queues are empty and no job runs")
     a("--name", "-n", help="worker name (default: <hostname>.<pid>)")
     a("--redis-url", "-u", metavar="URL", help=f"Redis to use (default: {d.REDIS_URL}; env REDIS_URL)")
-    a("--serializer", choices=("json", "pickle"),
-      help=f"job payload format (default: {d.SERIALIZER}; pickle can run code when a payload is read)")
-    a("--allowed-functions", metavar="GLOBS",
-      help=f"functions jobs may name, comma-separated globs (default: {','.join(d.ALLOWED_FUNCTIONS)})")
-    a("--threads-per-cpu", type=int, help=f"thread pool size per CPU with --concurrency auto (default: {d.THREADS_PER_CPU})")
+    a(
+        "--serializer",
+        choices=("json", "pickle"),
+        help=f"job payload format (default: {d.SERIALIZER}; pickle can run code when a payload is read)",
+    )
+    a(
+        "--allowed-functions",
+        metavar="GLOBS",
+        help=f"functions jobs may name, comma-separated globs (default: {','.join(d.ALLOWED_FUNCTIONS)})",
+    )
+    a(
+        "--threads-per-cpu",
+        type=int,
+        help=f"thread pool size per CPU with --concurrency auto (default: {d.THREADS_PER_CPU})",
+    )
     a("--job-timeout-seconds", type=int, help=f"timeout of jobs that carry none (default: {d.JOB_TIMEOUT_SECONDS})")
     a("--result-ttl-seconds", type=int, help=f"how long results are kept (default: {d.RESULT_TTL_SECONDS})")
-    a("--shutdown-timeout", type=float, metavar="S",
-      help=f"on SIGTERM, seconds running jobs may take before they are re-queued (default: {d.SHUTDOWN_TIMEOUT_SECONDS:g})")
-    a("--redis-wait", type=float, metavar="S",
-      help=f"seconds to wait for Redis at start, then exit 1; 0 waits forever (default: {d.REDIS_WAIT_SECONDS:g})")
-    a("--max-jobs-per-child", type=int, metavar="N", help="process strategy: replace a child after N jobs (default: 0, never)")
-    a("--max-child-memory-mb", type=float, metavar="MB",
-      help="process strategy: replace a child whose RSS exceeds MB after its job (default: 0, off)")
-    a("--max-redeliveries", type=int, metavar="N",
-      help=f"times a job of a dead worker is re-queued before it fails as abandoned (default: {d.MAX_REDELIVERIES})")
-    a("--metrics-port", type=int, metavar="PORT", help=f"Prometheus /metrics port, 0 disables (default: {d.METRICS_PORT})")
+    a(
+        "--shutdown-timeout",
+        type=float,
+        metavar="S",
+        help=f"on SIGTERM, seconds running jobs get before being re-queued (default: {d.SHUTDOWN_TIMEOUT_SECONDS:g})",
+    )
+    a(
+        "--redis-wait",
+        type=float,
+        metavar="S",
+        help=f"seconds to wait for Redis at start, then exit 1; 0 waits forever (default: {d.REDIS_WAIT_SECONDS:g})",
+    )
+    a(
+        "--max-jobs-per-child",
+        type=int,
+        metavar="N",
+        help="process strategy: replace a child after N jobs (default: 0, never)",
+    )
+    a(
+        "--max-child-memory-mb",
+        type=float,
+        metavar="MB",
+        help="process strategy: replace a child whose RSS exceeds MB after its job (default: 0, off)",
+    )
+    a(
+        "--max-redeliveries",
+        type=int,
+        metavar="N",
+        help=f"times a job of a dead worker is re-queued before it fails as abandoned (default: {d.MAX_REDELIVERIES})",
+    )
+    a(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help=f"Prometheus /metrics port, 0 disables (default: {d.METRICS_PORT})",
+    )
     a("--metrics-address", metavar="ADDR", help=f"address /metrics binds to (default: {d.METRICS_ADDRESS})")
     a("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help=f"(default: {d.LOG_LEVEL})")
-    a("--check", action="store_true",
-      help="health check: exit 0 if Redis answers (and, with --require-worker, a live worker runs on this host)")
-    a("--require-worker", action="store_true", help="with --check: also require a live worker registered from this host")
+    a(
+        "--check",
+        action="store_true",
+        help="health check: exit 0 if Redis answers (and, with --require-worker, a live worker runs on this host)",
+    )
+    a(
+        "--require-worker",
+        action="store_true",
+        help="with --check: also require a live worker registered from this host",
+    )
     a("--version", action="version", version=f"poolq worker {__version__}")
     return p
 
@@ -99,7 +142,7 @@ def load_settings(argv: list[str] | None) -> tuple[WorkerSettings, argparse.Name
     return settings, args
 
 
-def connect(url: str, retries: int = 20) -> redis.Redis:
+def connect(url: str, retries: int = 20) -> redis.Redis[bytes]:
     """A client that rides out short Redis outages: commands retry with capped backoff."""
     return redis.Redis.from_url(
         url,
@@ -109,7 +152,7 @@ def connect(url: str, retries: int = 20) -> redis.Redis:
     )
 
 
-def wait_for_redis(conn: redis.Redis, url: str, wait_s: float) -> None:
+def wait_for_redis(conn: redis.Redis[bytes], url: str, wait_s: float) -> None:
     deadline = None if wait_s == 0 else time.monotonic() + wait_s
     delay, warned = 0.2, False
     while True:

@@ -80,9 +80,7 @@ def _v1_quota(root: Path, rel: str | None) -> float | None:
     return None
 
 
-def detect_cpus(
-    cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")
-) -> CpuInfo:
+def detect_cpus(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> CpuInfo:
     """The CPUs this process may use; ``cgroup_root`` and ``proc_cgroup`` are overridable for tests."""
     try:
         affinity = len(os.sched_getaffinity(0))

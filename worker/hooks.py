@@ -86,9 +86,7 @@ class HookChain(Hooks):
         total_seconds: float | None,
         pool: str,
     ) -> None:
-        self._call(
-            "on_job_end", worker, job, queue_name, status, run_seconds, wait_seconds, total_seconds, pool
-        )
+        self._call("on_job_end", worker, job, queue_name, status, run_seconds, wait_seconds, total_seconds, pool)
 
     def on_event(self, worker: PoolWorker | None, event: str, **fields: Any) -> None:
         self._call("on_event", worker, event, **fields)

@@ -15,6 +15,7 @@ Three threads matter:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -115,7 +116,7 @@ class PoolWorker(BaseWorker):
     def __init__(
         self,
         queues: list[str],
-        connection: redis.Redis,
+        connection: redis.Redis[bytes],
         strategy: Strategy,
         *,
         name: str | None = None,
@@ -263,11 +264,11 @@ class PoolWorker(BaseWorker):
         ticket.token = self.strategy.current_token()
         try:
             self.hooks.on_job_start(self, ticket.job, ticket.queue.name)
-            self.perform_job(ticket.job, ticket.queue, ticket.execution, ticket)  # type: ignore[call-arg]
+            self.perform_job(ticket.job, ticket.queue, ticket.execution, ticket)
         finally:
             self._end(ticket)
 
-    def perform_job(  # type: ignore[override]
+    def perform_job(
         self, job: Job, queue: Queue, execution: Execution, ticket: Ticket | None = None
     ) -> bool:
         """RQ's ``perform_job`` with the function call delegated to the strategy.
@@ -307,12 +308,12 @@ class PoolWorker(BaseWorker):
             self._finalize_failure(job, ticket.queue, ticket.execution, exc_info)
         except Exception:
             log.exception("could not record the failure of job %s", job.id)
-        retried = bool(retries_before) and job.retries_left is not None and job.retries_left < retries_before
+        retried = (
+            retries_before is not None and job.retries_left is not None and job.retries_left < retries_before
+        )
         self._report(ticket, exc_info[1], run_seconds, "retried" if retried else None)
 
-    def _report(
-        self, ticket: Ticket, exc: BaseException | None, run_seconds: float, status: str | None = None
-    ) -> None:
+    def _report(self, ticket: Ticket, exc: BaseException | None, run_seconds: float, status: str | None = None) -> None:
         end = time.time()
         job = ticket.job
         wait = None
@@ -331,10 +332,8 @@ class PoolWorker(BaseWorker):
         if ticket.release_once():
             self._slots.release()
         if idle:
-            try:
+            with contextlib.suppress(redis.exceptions.RedisError):
                 self.set_state(WorkerStatus.IDLE)
-            except redis.exceptions.RedisError:
-                pass
 
     # ------------------------------------------------------------------ monitor thread
 
@@ -442,13 +441,15 @@ class PoolWorker(BaseWorker):
             self._shutdown_requested_date = now()
             log.info(
                 "warm shutdown (%s): no new jobs; waiting up to %.0f s for %d running; signal again for cold",
-                signal.Signals(signum).name, self.shutdown_timeout, self.in_flight,
+                signal.Signals(signum).name,
+                self.shutdown_timeout,
+                self.in_flight,
             )
         else:
             self._cold = True
             log.warning("cold shutdown (%s): stopping running jobs and re-queueing them", signal.Signals(signum).name)
 
-    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:  # type: ignore[override]
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self._on_signal(signum or signal.SIGTERM, frame)
 
     def _finish(self) -> None:

@@ -17,9 +17,7 @@ from worker import defaults
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore", frozen=True)
 
-    redis_url: str = Field(
-        defaults.REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "WORKER_REDIS_URL")
-    )
+    redis_url: str = Field(defaults.REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "WORKER_REDIS_URL"))
     strategy: Literal["thread", "process", "inline"] = defaults.STRATEGY  # type: ignore[assignment]
     concurrency: str = defaults.CONCURRENCY
     queues: str = ",".join(defaults.QUEUES)
@@ -101,10 +99,7 @@ def describe_error(exc: ValidationError) -> str:
     """One line for the first invalid value: which variable or flag, what it got, what it wants."""
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else "?"
-    if field in ENV_NAMES.values() or field.startswith("WORKER_"):
-        name = field
-    else:
-        name = env_name(field)
+    name = field if field in ENV_NAMES.values() or field.startswith("WORKER_") else env_name(field)
     flag = "--" + field.replace("_", "-") if not field.isupper() else ""
     value = err.get("input")
     where = f"{name} / {flag}" if flag else name

@@ -14,6 +14,7 @@ Everything that differs between threads, processes and inline execution lives he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -214,7 +215,7 @@ class InlineStrategy(Strategy):
     def perform(self, job: Job, timeout: float) -> Any:
         # SIGALRM interrupts Python code in the main thread, as RQ's SimpleWorker does.
         if threading.current_thread() is threading.main_thread():
-            with UnixSignalDeathPenalty(max(1, int(round(timeout))), JobTimeoutException, job_id=job.id):
+            with UnixSignalDeathPenalty(max(1, round(timeout)), JobTimeoutException, job_id=job.id):
                 return job.perform()
         return job.perform()
 
@@ -305,8 +306,14 @@ def _child_main(conn: multiprocessing.connection.Connection) -> None:
         try:
             conn.send(reply)
         except Exception as e:  # the return value could not be pickled
-            conn.send(("err", type(e).__name__, f"job result could not be sent from the pool child: {e}",
-                       traceback.format_exc()))
+            conn.send(
+                (
+                    "err",
+                    type(e).__name__,
+                    f"job result could not be sent from the pool child: {e}",
+                    traceback.format_exc(),
+                )
+            )
 
 
 class PoolChild:
@@ -328,18 +335,14 @@ class PoolChild:
 
     def kill(self) -> None:
         if self.process.is_alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.process.join(5)
         self.conn.close()
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.conn.send(None)
-        except OSError:
-            pass
         self.process.join(2)
         if self.process.is_alive():
             self.kill()
@@ -461,7 +464,9 @@ class ProcessStrategy(Strategy):
             if rss > cfg.max_child_memory_mb * 1024 * 1024:
                 log.warning(
                     "pool child %d uses %.0f MiB > WORKER_MAX_CHILD_MEMORY_MB=%g: replacing it",
-                    child.pid, rss / 2**20, cfg.max_child_memory_mb,
+                    child.pid,
+                    rss / 2**20,
+                    cfg.max_child_memory_mb,
                 )
                 child.stop()
                 slot.child = PoolChild(self.ctx)
@@ -472,10 +477,8 @@ class ProcessStrategy(Strategy):
         # Normally perform() kills an overdue child itself; this is the fallback.
         if isinstance(slot_token, Slot) and slot_token.child is not None:
             self.kill_reasons[slot_token.child.pid] = "timed_out"
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(slot_token.child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             return True
         return False
 
@@ -483,10 +486,8 @@ class ProcessStrategy(Strategy):
         for slot in self.threads.live_slots():
             if slot.child is not None and slot.child.alive():
                 self.kill_reasons[slot.child.pid] = "cold_stop"
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.child.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def child_pids(self) -> list[int]:
         return [s.child.pid for s in self.threads.live_slots() if s.child is not None and s.child.pid]
@@ -506,4 +507,3 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "process": ProcessStrategy,
     "inline": InlineStrategy,
 }
-
