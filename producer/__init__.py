@@ -1,0 +1,1 @@
+"""poolq producer: load generation, experiments, reports and capacity planning."""

@@ -1,0 +1,6 @@
+"""``python -m producer``."""
+
+from producer.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
