@@ -262,6 +262,8 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
         worker_ttl=settings.worker_ttl_seconds,
         maintenance_interval=settings.maintenance_interval_seconds,
         shutdown_timeout=settings.shutdown_timeout,
+        max_redeliveries=settings.max_redeliveries,
+        recovery_interval=settings.recovery_interval_seconds,
     )
     log.info("%s", describe_start(settings, cpu, strategy.capacity, name))
     worker.work(burst=settings.burst)

@@ -44,3 +44,7 @@ class AbandonedJob(PoolqError):
 
 class ShutdownRequeued(PoolqError):
     """Internal: the job did not finish within the shutdown timeout and was re-queued."""
+
+
+class ColdShutdown(BaseException):
+    """Raised in the main thread by a second stop signal while it runs a job (inline strategy)."""

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
 from rq.defaults import DEFAULT_FAILURE_TTL
-from rq.exceptions import DequeueTimeout
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry
@@ -41,8 +40,9 @@ from rq.worker import BaseWorker, WorkerStatus
 
 from worker import defaults
 from worker.allowlist import check_allowed
-from worker.errors import ChildCrashed, FunctionNotAllowed, MalformedJob
+from worker.errors import ChildCrashed, ColdShutdown, FunctionNotAllowed, MalformedJob
 from worker.hooks import HookChain
+from worker.recovery import WORKER_TTL_FIELD, Recovery
 
 if TYPE_CHECKING:
     from rq.executions import Execution
@@ -56,6 +56,9 @@ log = logging.getLogger("worker")
 TIMEOUT_GRACE_SECONDS = 0.5
 # After a strategy said it stopped an overdue job, how long before the monitor fails it anyway.
 STOPPED_JOB_GRACE_SECONDS = 4.0
+# How long a finished job's outcome waits for Redis to come back before it is given up
+# (the job then stays in the started registry and RQ's clean-up fails it as abandoned).
+REDIS_OUTAGE_BUDGET_SECONDS = 600.0
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
@@ -130,7 +133,8 @@ class PoolWorker(BaseWorker):
         worker_ttl: int = defaults.WORKER_TTL_SECONDS,
         maintenance_interval: float = defaults.MAINTENANCE_INTERVAL_SECONDS,
         shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT_SECONDS,
-        on_recovery_tick: Callable[[PoolWorker], None] | None = None,
+        max_redeliveries: int = defaults.MAX_REDELIVERIES,
+        recovery_interval: float = defaults.RECOVERY_INTERVAL_SECONDS,
     ) -> None:
         super().__init__(
             queues,
@@ -152,12 +156,21 @@ class PoolWorker(BaseWorker):
         self.default_job_timeout = default_job_timeout
         self.heartbeat_interval = heartbeat_interval
         self.shutdown_timeout = shutdown_timeout
-        self.on_recovery_tick = on_recovery_tick
+        self.recovery = Recovery(
+            connection,
+            self.queues,
+            max_redeliveries=max_redeliveries,
+            stale_after_seconds=worker_ttl,
+            failure_ttl=DEFAULT_FAILURE_TTL,
+            serializer=self.serializer,
+        )
+        self.recovery_interval = recovery_interval
         self._slots = threading.BoundedSemaphore(strategy.capacity)
         self._tickets: dict[str, Ticket] = {}
         self._changed = threading.Condition()
         self._stop_requested = False
         self._cold = False
+        self._stop_deadline = float("inf")
         self._monitor_stop = threading.Event()
         self._monitor_thread: threading.Thread | None = None
         self._maintenance_interval_s = maintenance_interval
@@ -182,6 +195,7 @@ class PoolWorker(BaseWorker):
         self._monitor_thread = threading.Thread(target=self._monitor, name="poolq-monitor", daemon=True)
         self._monitor_thread.start()
         self._scheduler_tick()
+        self.recover()
         worked = False
         try:
             worked = self._loop(burst)
@@ -213,34 +227,47 @@ class PoolWorker(BaseWorker):
         return worked
 
     def _dequeue(self, burst: bool) -> tuple[Job, Queue] | None:
-        """One dequeue attempt: a job, or None (timeout, Redis trouble, a rejected bad job)."""
-        timeout = None if burst else defaults.DEQUEUE_BLOCK_SECONDS
+        """One dequeue attempt: a job, or None (timeout, Redis trouble, a rejected bad job).
+
+        Every queue is read with LMOVE into its intermediate list, never with BLPOP, so a job
+        is always somewhere recovery can find it, also with several queues (RQ uses BLPOP then).
+        """
         try:
-            result = self.queue_class.dequeue_any(
-                self._ordered_queues,
-                timeout,
-                connection=self.connection,
-                job_class=self.job_class,
-                serializer=self.serializer,
-                death_penalty_class=self.death_penalty_class,
-            )
-        except DequeueTimeout:
-            return None
+            popped = self._pop(burst)
+            if popped is None:
+                return None
+            queue, job_id = popped
+            try:
+                fetched = self.queue_class._fetch_dequeued_job(
+                    self.connection, queue.key, job_id, job_class=self.job_class, serializer=self.serializer
+                )
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                raise
+            except Exception as e:
+                self.reject_malformed(job_id, queue, e)
+                return None
+            if fetched is None:  # the job hash is gone (deleted or expired): drop the id
+                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                return None
+            self.reorder_queues(reference_queue=queue)
+            return fetched[0], queue
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             log.error("Redis unavailable while dequeuing (%s); retrying", e)
             self.hooks.on_event(self, "redis_error")
             time.sleep(1.0)
             return None
-        except Exception as e:
-            job_id = getattr(e, "job_id", None)
-            queue = getattr(e, "queue", None)
-            if job_id is None or queue is None:
-                raise
-            self.reject_malformed(job_id, queue, e)
+
+    def _pop(self, burst: bool) -> tuple[Queue, str] | None:
+        for queue in self._ordered_queues:
+            job_id: Any = self.connection.lmove(queue.key, queue.intermediate_queue_key)
+            if job_id is not None:
+                return queue, job_id.decode()
+        if burst:
             return None
-        if result is not None:
-            self.reorder_queues(reference_queue=result[1])
-        return result
+        # Nothing anywhere: block on the first queue for a moment (others are re-checked next time).
+        first = self._ordered_queues[0]
+        job_id = self.connection.blmove(first.key, first.intermediate_queue_key, defaults.DEQUEUE_BLOCK_SECONDS)
+        return None if job_id is None else (first, job_id.decode())
 
     def _start(self, job: Job, queue: Queue) -> None:
         try:
@@ -268,49 +295,62 @@ class PoolWorker(BaseWorker):
         finally:
             self._end(ticket)
 
-    def perform_job(
-        self, job: Job, queue: Queue, execution: Execution, ticket: Ticket | None = None
-    ) -> bool:
+    def perform_job(self, job: Job, queue: Queue, execution: Execution, ticket: Ticket | None = None) -> bool:
         """RQ's ``perform_job`` with the function call delegated to the strategy.
 
         The one override point for running a job: preparation, success and failure handling are
         RQ's own (``prepare_job_execution``, ``_finalize_success``, ``_finalize_failure``).
         """
         ticket = ticket or self._tickets[execution.id]
-        owned = False
         t0 = time.perf_counter()
         try:
-            self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+            self._redis_retry(lambda: self.prepare_job_execution(job, remove_from_intermediate_queue=True))
             job.started_at = now()
             check_allowed(job.func_name, self.allowed_functions)
             timeout = job.timeout or self.default_job_timeout
             limit = None if timeout == -1 else float(timeout)
             ticket.deadline = None if limit is None else time.monotonic() + limit
             return_value = self.strategy.perform(job, limit if limit is not None else 1e9)
-            owned = ticket.claim()
-            if not owned:
-                return False  # the monitor or a drain already ended this job
-            self._finalize_success(job, queue, execution, return_value)
-            self._report(ticket, None, time.perf_counter() - t0)
-            return True
-        except BaseException as e:
-            exc_info: ExcInfo = sys.exc_info()
-            if owned or ticket.claim():
-                self._fail(ticket, exc_info, time.perf_counter() - t0)
-            elif not isinstance(e, Exception):
-                raise
+        except ColdShutdown:
+            self.requeue(ticket)
+            raise
+        except Exception:
+            if ticket.claim():
+                self._fail(ticket, sys.exc_info(), time.perf_counter() - t0)
             return False
+        if not ticket.claim():
+            return False  # the monitor (timeout) or a drain (re-queue) already ended this job
+        try:
+            self._redis_retry(lambda: self._finalize_success(job, queue, execution, return_value))
+        except Exception:  # e.g. a result the serializer cannot store
+            self._fail(ticket, sys.exc_info(), time.perf_counter() - t0)
+            return False
+        self._report(ticket, None, time.perf_counter() - t0)
+        return True
+
+    def _redis_retry(self, fn: Callable[[], Any]) -> Any:
+        """Run a lifecycle step, riding out a Redis outage rather than losing the job's outcome."""
+        deadline = time.monotonic() + REDIS_OUTAGE_BUDGET_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("Redis unavailable (%s); retrying in %.1f s", e, delay)
+                self.hooks.on_event(self, "redis_error")
+                time.sleep(delay)
+                delay = min(delay * 2, defaults.REDIS_BACKOFF_MAX_SECONDS)
 
     def _fail(self, ticket: Ticket, exc_info: ExcInfo, run_seconds: float) -> None:
         job = ticket.job
         retries_before = job.retries_left
         try:
-            self._finalize_failure(job, ticket.queue, ticket.execution, exc_info)
+            self._redis_retry(lambda: self._finalize_failure(job, ticket.queue, ticket.execution, exc_info))
         except Exception:
             log.exception("could not record the failure of job %s", job.id)
-        retried = (
-            retries_before is not None and job.retries_left is not None and job.retries_left < retries_before
-        )
+        retried = retries_before is not None and job.retries_left is not None and job.retries_left < retries_before
         self._report(ticket, exc_info[1], run_seconds, "retried" if retried else None)
 
     def _report(self, ticket: Ticket, exc: BaseException | None, run_seconds: float, status: str | None = None) -> None:
@@ -338,7 +378,7 @@ class PoolWorker(BaseWorker):
     # ------------------------------------------------------------------ monitor thread
 
     def _monitor(self) -> None:
-        next_beat = next_maint = next_sched = time.monotonic()
+        next_beat = next_maint = next_sched = next_recovery = time.monotonic()
         while not self._monitor_stop.wait(0.25):
             t = time.monotonic()
             try:
@@ -349,8 +389,12 @@ class PoolWorker(BaseWorker):
                 if t >= next_sched:
                     next_sched = t + 1.0
                     self._scheduler_tick()
-                    if self.on_recovery_tick is not None:
-                        self.on_recovery_tick(self)
+                if t >= next_recovery:
+                    next_recovery = t + self.recovery_interval
+                    self.recover()
+                if self._stop_requested and not self._cold and t >= self._stop_deadline:
+                    # The warm drain ran out of time: what still runs is stopped and re-queued.
+                    os.kill(os.getpid(), signal.SIGTERM)
                 if t >= next_maint:
                     next_maint = t + self._maintenance_interval_s
                     self.clean_registries()
@@ -411,6 +455,22 @@ class PoolWorker(BaseWorker):
         except redis.exceptions.RedisError as e:
             log.debug("scheduler tick failed: %s", e)
 
+    def recover(self) -> None:
+        """Re-queue (or fail as abandoned) the jobs of dead workers; see worker/recovery.py."""
+        stats = self.recovery.run()
+        for _ in stats.requeued:
+            self.hooks.on_event(self, "recovered", outcome="requeued")
+        for _ in stats.abandoned:
+            self.hooks.on_event(self, "recovered", outcome="abandoned")
+
+    def serialize(self) -> dict[str, Any]:
+        """RQ's worker hash, plus what recovery and dashboards need to read about this worker."""
+        data: dict[str, Any] = super().serialize()
+        data[WORKER_TTL_FIELD] = self.worker_ttl
+        data["poolq_strategy"] = self.strategy.name
+        data["poolq_concurrency"] = self.strategy.capacity
+        return data
+
     # ------------------------------------------------------------------ bad input
 
     def reject_malformed(self, job_id: str, queue: Queue, exc: BaseException) -> None:
@@ -438,6 +498,7 @@ class PoolWorker(BaseWorker):
         # Only flags here: the main thread may be inside a Redis call.
         if not self._stop_requested:
             self._stop_requested = True
+            self._stop_deadline = time.monotonic() + self.shutdown_timeout
             self._shutdown_requested_date = now()
             log.info(
                 "warm shutdown (%s): no new jobs; waiting up to %.0f s for %d running; signal again for cold",
@@ -454,9 +515,10 @@ class PoolWorker(BaseWorker):
 
     def _finish(self) -> None:
         """Drain (warm) or stop (cold), re-queue what did not finish, register death."""
-        deadline = time.monotonic() + self.shutdown_timeout
+        if not self._stop_requested:  # burst end, or an error: nothing to wait for beyond in-flight jobs
+            self._stop_deadline = time.monotonic() + self.shutdown_timeout
         with self._changed:
-            while self._tickets and not self._cold and time.monotonic() < deadline:
+            while self._tickets and not self._cold and time.monotonic() < self._stop_deadline:
                 self._changed.wait(0.2)
         leftover = list(self._tickets.values())
         if leftover:

@@ -111,6 +111,10 @@ class Strategy(ABC):
     def kill_running(self) -> None:
         """Cold stop: stop every running job now, where the strategy can."""
 
+    def runs_in_main_thread(self) -> bool:
+        """True while a job runs in the worker's main thread (a cold stop must interrupt it)."""
+        return False
+
     @abstractmethod
     def shutdown(self, wait: bool, timeout: float | None = None) -> None:
         """Stop the pool; with ``wait``, let running work end first (up to ``timeout``)."""
@@ -209,8 +213,19 @@ class InlineStrategy(Strategy):
     def size(cls, config: StrategyConfig) -> int:
         return 1
 
+    def __init__(self, config: StrategyConfig, hooks: Hooks | None = None) -> None:
+        super().__init__(config, hooks)
+        self._busy = False
+
     def submit(self, work: Work) -> None:
-        work()
+        self._busy = True
+        try:
+            work()
+        finally:
+            self._busy = False
+
+    def runs_in_main_thread(self) -> bool:
+        return self._busy
 
     def perform(self, job: Job, timeout: float) -> Any:
         # SIGALRM interrupts Python code in the main thread, as RQ's SimpleWorker does.
