@@ -17,17 +17,23 @@ import time
 from types import FrameType
 
 import redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 log = logging.getLogger("producer.demo")
 
-# (function, kwargs): the mix every queue receives, in turn.
+# (function, kwargs): the mix every queue receives, in turn. One job in ten fails (and is
+# retried once) so the failure and retry panels show something too.
 MIX: tuple[tuple[str, dict[str, float | str]], ...] = (
     ("worker.jobs.cpu", {"ms": 20.0}),
     ("worker.jobs.io", {"seconds": 0.05}),
     ("worker.jobs.mixed", {"cpu_ms": 5.0, "io_seconds": 0.02}),
     ("worker.jobs.io", {"seconds": 0.2}),
+    ("worker.jobs.noop", {}),
+    ("worker.jobs.cpu", {"ms": 5.0}),
+    ("worker.jobs.io", {"seconds": 0.05}),
+    ("worker.jobs.fail", {"message": "demo failure"}),
+    ("worker.jobs.io", {"seconds": 0.1}),
     ("worker.jobs.noop", {}),
 )
 
@@ -86,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                 if q.count > args.max_backlog:
                     continue
                 batch = [
-                    Queue.prepare_data(func, kwargs=dict(kw), result_ttl=300, failure_ttl=3600)
+                    Queue.prepare_data(
+                        func,
+                        kwargs=dict(kw),
+                        result_ttl=300,
+                        failure_ttl=3600,
+                        retry=Retry(max=1) if func.endswith(".fail") else None,
+                    )
                     for func, kw in itertools.islice(mix, n)
                 ]
                 q.enqueue_many(batch)

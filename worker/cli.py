@@ -152,7 +152,13 @@ def connect(url: str, retries: int = 20) -> redis.Redis[bytes]:
     )
 
 
-def wait_for_redis(conn: redis.Redis[bytes], url: str, wait_s: float) -> None:
+def wait_for_redis(url: str, wait_s: float) -> None:
+    """Block until Redis answers, up to ``wait_s`` (0: forever), then exit 1 with one line.
+
+    Probes with a client of its own that does not retry, so the bound is the configured one
+    and not the working client's retry budget.
+    """
+    conn = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(ExponentialBackoff(), 0))
     deadline = None if wait_s == 0 else time.monotonic() + wait_s
     delay, warned = 0.2, False
     while True:
@@ -169,7 +175,7 @@ def wait_for_redis(conn: redis.Redis[bytes], url: str, wait_s: float) -> None:
             if deadline is not None and time.monotonic() >= deadline:
                 print(f"error: Redis at {url} unreachable after {wait_s:g} s; giving up", file=sys.stderr)
                 raise SystemExit(1) from None
-            time.sleep(delay)
+            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(delay * 2, defaults.REDIS_BACKOFF_MAX_SECONDS)
 
 
@@ -243,8 +249,28 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
     )
     hooks = HookChain(extra_hooks or [])
     strategy = STRATEGIES[settings.strategy](config, hooks)
+    if settings.metrics_port:
+        from worker.metrics import Metrics
+
+        metrics = Metrics(
+            strategy.name,
+            strategy.capacity,
+            cpu.available,
+            settings.queue_names,
+            settings.allowed_patterns,
+            settings.metrics_sample_interval_seconds,
+        )
+        try:
+            metrics.serve(settings.metrics_address, settings.metrics_port)
+        except OSError as e:
+            print(
+                f"error: cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}: {e}",
+                file=sys.stderr,
+            )
+            return 1
+        hooks.hooks.append(metrics)
+    wait_for_redis(settings.redis_url, settings.redis_wait)
     conn = connect(settings.redis_url)
-    wait_for_redis(conn, settings.redis_url, settings.redis_wait)
     name = settings.name or f"{socket.gethostname()}.{__import__('os').getpid()}"
     serializer: Any = JSONSerializer if settings.serializer == "json" else None
     worker = PoolWorker(

@@ -174,7 +174,9 @@ class PoolWorker(BaseWorker):
         self._monitor_stop = threading.Event()
         self._monitor_thread: threading.Thread | None = None
         self._maintenance_interval_s = maintenance_interval
-        self._scheduler = RQScheduler(self.queue_names(), connection=connection, serializer=serializer)
+        self._scheduler = RQScheduler(
+            self.queue_names(), connection=connection, serializer=serializer, logging_level=logging.WARNING
+        )
         self.jobs_started = 0
 
     # ------------------------------------------------------------------ public state

@@ -15,7 +15,7 @@ from worker import defaults
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore", frozen=True, populate_by_name=True)
 
     redis_url: str = Field(defaults.REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "WORKER_REDIS_URL"))
     strategy: Literal["thread", "process", "inline"] = defaults.STRATEGY  # type: ignore[assignment]
