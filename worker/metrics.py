@@ -1,0 +1,466 @@
+"""Prometheus metrics of a worker: a :class:`~worker.hooks.Hooks` plug-in with its own registry.
+
+What is measured where (see docs/metrics.md for every metric and the PromQL to read them):
+
+- job counters and histograms: in :meth:`Metrics.on_job_end`, on the job's own thread. That
+  path runs thousands of times a second, so it takes one lock for a dict look-up and three
+  ``bisect`` calls (:class:`JobStats`): no Redis, no psutil, no label formatting;
+- jobs in progress, pool size, busy-slot ratio: read from the worker when Prometheus scrapes;
+- process-tree memory/CPU and the queue/registry sizes: on a sampler thread every
+  ``WORKER_METRICS_SAMPLE_INTERVAL_SECONDS``; a scrape returns the last sample and costs no
+  smaps read and no Redis round trip.
+
+Every series carries ``strategy``. The registry is private (not prometheus-client's global
+one) and holds no default process/platform collectors, whose series would lack ``strategy``
+and would measure the main process only; ``poolq_worker_tree_*`` replaces them.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import re
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from worker import __version__, defaults
+from worker.hooks import Hooks
+from worker.proctree import MEMORY_KINDS, ROLES, ProcessTree, TreeSample
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from rq.job import Job
+
+    from worker.pool_worker import PoolWorker
+
+log = logging.getLogger("worker.metrics")
+
+# 1 ms .. 10 min: noop jobs (queue overhead) to the longest reasonable batch job.
+BUCKETS_SECONDS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+STATUSES = ("finished", "failed", "timed_out", "crashed", "retried", "abandoned", "requeued", "rejected")
+# Executions that did not run to an end in this worker: their times say nothing about the job.
+UNTIMED_STATUSES = frozenset({"requeued", "abandoned"})
+QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "finished", "failed")
+REPLACE_REASONS = ("crashed", "timed_out", "max_jobs", "memory")
+KNOWN_EVENTS = ("child_replaced", "runaway_thread", "redis_error", "malformed_job", "recovered")
+RECOVERY_OUTCOMES = ("requeued", "abandoned")
+OTHER = "other"
+_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_MAX_EVENT_NAMES = 32
+_MAX_FUNCTION_CACHE = 4096
+
+
+class JobStats(Collector):
+    """The job counter and the three job histograms, kept in plain lists under one lock.
+
+    prometheus-client's ``Counter``/``Histogram`` take a lock per value: one ended job would
+    cost 1 + 3 x 2 lock round trips and a linear bucket scan (~6-8 us). Here it is one lock, a
+    dict look-up and three ``bisect`` calls (~1-2 us); the exposition is built at scrape time.
+    """
+
+    HISTOGRAMS = (
+        ("poolq_job_run_seconds", "Time a job ran in this worker (started -> ended)."),
+        ("poolq_job_wait_seconds", "Time a job waited in its queue (enqueued_at -> started_at)."),
+        ("poolq_job_total_seconds", "End-to-end time of a job execution (enqueued_at -> ended)."),
+    )
+
+    def __init__(self, strategy: str, buckets: Sequence[float] = BUCKETS_SECONDS) -> None:
+        self.strategy = strategy
+        self.bounds = sorted(buckets)
+        self.lock = threading.Lock()
+        # (queue, function, status) -> executions ended
+        self.ended: dict[tuple[str, str, str], int] = {}
+        # (queue, function) -> one list per histogram: a count per bucket (+Inf last), then the sum
+        self.timings: dict[tuple[str, str], tuple[list[float], list[float], list[float]]] = {}
+
+    def record(
+        self, queue: str, function: str, status: str, run: float | None, wait: float | None, total: float | None
+    ) -> None:
+        bounds = self.bounds
+        key = (queue, function, status)
+        with self.lock:
+            ended = self.ended
+            ended[key] = ended.get(key, 0) + 1
+            if run is None:
+                return
+            hists = self.timings.get((queue, function))
+            if hists is None:
+                n = len(bounds) + 2
+                hists = self.timings[queue, function] = ([0.0] * n, [0.0] * n, [0.0] * n)
+            h = hists[0]
+            h[bisect_left(bounds, run)] += 1
+            h[-1] += run
+            if wait is not None:
+                h = hists[1]
+                h[bisect_left(bounds, wait)] += 1
+                h[-1] += wait
+            if total is not None:
+                h = hists[2]
+                h[bisect_left(bounds, total)] += 1
+                h[-1] += total
+
+    def collect(self) -> Iterable[Metric]:
+        with self.lock:
+            ended = dict(self.ended)
+            timings = {k: tuple(list(h) for h in v) for k, v in self.timings.items()}
+        s = self.strategy
+        c = CounterMetricFamily(
+            "poolq_jobs_ended",
+            "Job executions ended, by queue, function (allowlisted name or 'other') and status.",
+            labels=["strategy", "queue", "function", "status"],
+        )
+        for (queue, function, status), n in sorted(ended.items()):
+            c.add_metric([s, queue, function, status], n)
+        yield c
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        for i, (name, doc) in enumerate(self.HISTOGRAMS):
+            fam = HistogramMetricFamily(name, doc, labels=["strategy", "queue", "function"], unit="seconds")
+            for (queue, function), hists in sorted(timings.items()):
+                h = hists[i]
+                cumulative, acc = [], 0.0
+                for le, count in zip(les, h[:-1], strict=True):
+                    acc += count
+                    cumulative.append((le, acc))
+                fam.add_metric([s, queue, function], cumulative, h[-1])
+            yield fam
+
+
+class _Live(Collector):
+    """Values read when Prometheus scrapes: cheap attribute reads and the sampler's last sample."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self.owner = owner
+
+    def collect(self) -> Iterable[Metric]:
+        o = self.owner
+        s = o.strategy
+        worker = o.worker
+        in_flight = worker.in_flight if worker is not None else 0
+        capacity = o.capacity
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=["strategy"])
+            g.add_metric([s], value)
+            return g
+
+        yield gauge("poolq_jobs_in_progress", "Jobs running in this worker now.", in_flight)
+        yield gauge("poolq_pool_size", "Slots of the pool: jobs this worker runs at once at most.", capacity)
+        yield gauge(
+            "poolq_available_cpus",
+            "CPUs this worker may use (affinity and cgroup quota, rounded up).",
+            o.available_cpus,
+        )
+        yield gauge(
+            "poolq_busy_slot_ratio",
+            "Busy slots / pool size at scrape time (average it over time: avg_over_time).",
+            in_flight / capacity if capacity else 0.0,
+        )
+
+        tree = o.last_tree
+        if tree is not None:
+            procs = GaugeMetricFamily(
+                "poolq_worker_tree_processes",
+                "Processes in the worker's tree by role (main, pool children, helpers such as the forkserver).",
+                labels=["strategy", "role"],
+            )
+            for role in ROLES:
+                procs.add_metric([s, role], tree.processes.get(role, 0))
+            yield procs
+            mem = GaugeMetricFamily(
+                "poolq_worker_tree_memory_bytes",
+                "Memory of the worker's process tree by kind (rss, pss, uss) and process role.",
+                labels=["strategy", "kind", "role"],
+                unit="bytes",
+            )
+            for kind in MEMORY_KINDS:
+                for role in ROLES:
+                    mem.add_metric([s, kind, role], tree.memory.get((kind, role), 0))
+            yield mem
+            cpu = CounterMetricFamily(
+                "poolq_worker_tree_cpu_seconds",
+                "CPU seconds of the worker's process tree, exited children included.",
+                labels=["strategy", "mode"],
+                unit="seconds",
+            )
+            cpu.add_metric([s, "user"], tree.cpu_user_seconds)
+            cpu.add_metric([s, "system"], tree.cpu_system_seconds)
+            yield cpu
+            yield gauge(
+                "poolq_metrics_sample_duration_seconds",
+                "Time the last process-tree sample took (smaps reads).",
+                tree.duration_seconds,
+            )
+
+        sizes = o.last_queue_sizes
+        if sizes:
+            q = GaugeMetricFamily(
+                "poolq_queue_jobs",
+                "Jobs per queue and state, sampled from Redis; every replica exports it: use max by (queue, state).",
+                labels=["strategy", "queue", "state"],
+            )
+            for (queue, state), n in sorted(sizes.items()):
+                q.add_metric([s, queue, state], n)
+            yield q
+
+
+class Metrics(Hooks):
+    """The metrics plug-in: a registry, an HTTP endpoint and a background sampler.
+
+    Construct it, append it to the worker's :class:`~worker.hooks.HookChain`, call
+    :meth:`serve` (binds the port: a port conflict fails the start); the sampler starts in
+    :meth:`on_worker_start` and stops in :meth:`on_worker_stop`.
+    """
+
+    def __init__(
+        self,
+        strategy: str,
+        capacity: int,
+        available_cpus: int,
+        queues: Sequence[str],
+        allowed_functions: Sequence[str] = defaults.ALLOWED_FUNCTIONS,
+        sample_interval: float = defaults.METRICS_SAMPLE_INTERVAL_SECONDS,
+    ) -> None:
+        self.strategy = strategy
+        self.capacity = capacity
+        self.available_cpus = available_cpus
+        self.queue_names = list(queues)
+        self.allowed_functions = list(allowed_functions)
+        self.sample_interval = sample_interval
+        self.worker: PoolWorker | None = None
+        self.last_tree: TreeSample | None = None
+        self.last_queue_sizes: dict[tuple[str, str], int] = {}
+        self._tree: ProcessTree | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._server: WSGIServer | None = None
+        self._redis_warned = False
+
+        r = self.registry = CollectorRegistry()
+        s = strategy
+        self.jobs = JobStats(s)
+        r.register(self.jobs)
+        self.runaway_threads = Counter(
+            "poolq_runaway_threads",
+            "Thread-strategy jobs that overran their timeout: failed, their thread abandoned and replaced.",
+            ["strategy"],
+            registry=r,
+        )
+        self.children_replaced = Counter(
+            "poolq_pool_children_replaced",
+            "Process-pool children replaced, by reason (crashed, timed_out, max_jobs, memory, other).",
+            ["strategy", "reason"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "poolq_redis_errors", "Redis errors the dequeue loop rode out.", ["strategy"], registry=r
+        )
+        self.malformed_jobs = Counter(
+            "poolq_malformed_jobs",
+            "Jobs whose hash could not be loaded; failed with the reason.",
+            ["strategy", "queue"],
+            registry=r,
+        )
+        self.jobs_recovered = Counter(
+            "poolq_jobs_recovered",
+            "Jobs of dead workers this worker recovered: re-queued, or failed as abandoned.",
+            ["strategy", "outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            "poolq_worker_events",
+            "Every event the worker reports through its hooks, by name.",
+            ["strategy", "event"],
+            registry=r,
+        )
+        self.info = Info("poolq_worker", "The worker's configuration; value 1.", ["strategy"], registry=r)
+        self.info.labels(s).info(
+            {
+                "concurrency": str(capacity),
+                "available_cpus": str(available_cpus),
+                "version": __version__,
+                "python": platform.python_version(),
+            }
+        )
+        r.register(_Live(self))
+
+        # Zero-valued series from the start, so rates and dashboards see the counters before the
+        # first event (and a restart is seen as a reset, not as a new series).
+        self.runaway_threads.labels(s)
+        self.redis_errors.labels(s)
+        for reason in (*REPLACE_REASONS, OTHER):
+            self.children_replaced.labels(s, reason)
+        for q in self.queue_names:
+            self.malformed_jobs.labels(s, q)
+        for outcome in RECOVERY_OUTCOMES:
+            self.jobs_recovered.labels(s, outcome)
+        self._events: dict[str, Any] = {}
+        for event in KNOWN_EVENTS:
+            self._event_child(event)
+
+        self._functions: dict[str | None, str] = {}
+
+    # ------------------------------------------------------------------ serving
+
+    def serve(self, address: str, port: int) -> None:
+        """Start the /metrics HTTP server (a daemon thread). Raises OSError when the port is taken."""
+        import prometheus_client
+
+        # ``*_created`` series double the series count and carry nothing a dashboard uses.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self._server, _ = start_http_server(port, address, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", address, self._server.server_port)
+
+    @property
+    def port(self) -> int | None:
+        return None if self._server is None else int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop the sampler and the HTTP server (idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_worker_start(self, worker: PoolWorker) -> None:
+        self.worker = worker
+        self._tree = ProcessTree(pool_pids=worker.strategy.child_pids)
+        self._sample()  # values before the first scrape
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sampler, name="poolq-metrics-sampler", daemon=True)
+        self._thread.start()
+
+    def on_worker_stop(self, worker: PoolWorker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._sample(queues=False)  # the last tree figures; no Redis round trip on the way out
+        self.close()
+
+    def on_job_end(
+        self,
+        worker: PoolWorker,
+        job: Job,
+        queue_name: str,
+        status: str,
+        run_seconds: float,
+        wait_seconds: float | None,
+        total_seconds: float | None,
+        pool: str,
+    ) -> None:
+        try:
+            name: str | None = job.func_name
+        except Exception:
+            name = None
+        func = self._function_label(name)
+        label = status if status in STATUSES else OTHER
+        if status in UNTIMED_STATUSES:
+            self.jobs.record(queue_name, func, label, None, None, None)
+        else:
+            self.jobs.record(queue_name, func, label, run_seconds, wait_seconds, total_seconds)
+
+    def on_event(self, worker: PoolWorker | None, event: str, **fields: Any) -> None:
+        self._event_child(event).inc()
+        s = self.strategy
+        if event == "runaway_thread":
+            self.runaway_threads.labels(s).inc()
+        elif event == "child_replaced":
+            reason = fields.get("reason")
+            self.children_replaced.labels(s, reason if reason in REPLACE_REASONS else OTHER).inc()
+        elif event == "redis_error":
+            self.redis_errors.labels(s).inc()
+        elif event == "malformed_job":
+            queue = fields.get("queue")
+            self.malformed_jobs.labels(s, queue if queue in self.queue_names else OTHER).inc()
+        elif event == "recovered":
+            outcome = fields.get("outcome")
+            if outcome in RECOVERY_OUTCOMES:
+                self.jobs_recovered.labels(s, outcome).inc()
+            if outcome == "abandoned":  # a job that ended for good, though not in this worker
+                queue = fields.get("queue")
+                func = self._function_label(fields.get("function"))
+                self.jobs.record(queue if queue in self.queue_names else OTHER, func, "abandoned", None, None, None)
+
+    # ------------------------------------------------------------------ labels
+
+    def _function_label(self, name: str | None) -> str:
+        """The function's dotted name when the allowlist admits it, else "other" (bounded)."""
+        label = self._functions.get(name)
+        if label is None:
+            ok = bool(name) and any(fnmatchcase(str(name), p) for p in self.allowed_functions)
+            label = str(name) if ok else OTHER
+            if len(self._functions) < _MAX_FUNCTION_CACHE:
+                self._functions[name] = label
+        return label
+
+    def _event_child(self, event: str) -> Any:
+        child = self._events.get(event)
+        if child is None:
+            ok = _EVENT_NAME.match(event) is not None and len(self._events) < _MAX_EVENT_NAMES
+            child = self.events.labels(self.strategy, event if ok else OTHER)
+            if ok:
+                self._events[event] = child
+        return child
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sampler(self) -> None:
+        while not self._stop.wait(self.sample_interval):
+            self._sample()
+
+    def _sample(self, queues: bool = True) -> None:
+        if self._tree is not None:
+            try:
+                self.last_tree = self._tree.sample()
+            except Exception:
+                log.exception("metrics: process-tree sample failed (ignored)")
+        if not queues:
+            return
+        try:
+            self.last_queue_sizes = self._queue_sizes()
+            self._redis_warned = False
+        except Exception as e:  # Redis down: keep the last figures, say so once
+            if not self._redis_warned:
+                log.warning("metrics: could not read queue sizes from Redis (%s); will retry", e)
+                self._redis_warned = True
+
+    def _queue_sizes(self) -> dict[tuple[str, str], int]:
+        """LLEN and ZCARDs of every queue this worker consumes, in one round trip (no cleanup)."""
+        worker = self.worker
+        if worker is None:
+            return {}
+        keys: list[tuple[str, str, str]] = []
+        for q in worker.queues:
+            keys.append((q.name, "queued", q.key))
+            keys.append((q.name, "started", q.started_job_registry.key))
+            keys.append((q.name, "scheduled", q.scheduled_job_registry.key))
+            keys.append((q.name, "deferred", q.deferred_job_registry.key))
+            keys.append((q.name, "finished", q.finished_job_registry.key))
+            keys.append((q.name, "failed", q.failed_job_registry.key))
+        with worker.connection.pipeline(transaction=False) as p:
+            for _, state, key in keys:
+                if state == "queued":
+                    p.llen(key)
+                else:
+                    p.zcard(key)
+            values = p.execute()
+        return {(name, state): int(v) for (name, state, _), v in zip(keys, values, strict=True)}
+
+
+MetricsHooks = Metrics
