@@ -460,10 +460,9 @@ class PoolWorker(BaseWorker):
     def recover(self) -> None:
         """Re-queue (or fail as abandoned) the jobs of dead workers; see worker/recovery.py."""
         stats = self.recovery.run()
-        for _ in stats.requeued:
-            self.hooks.on_event(self, "recovered", outcome="requeued")
-        for _ in stats.abandoned:
-            self.hooks.on_event(self, "recovered", outcome="abandoned")
+        for outcome, jobs in (("requeued", stats.requeued), ("abandoned", stats.abandoned)):
+            for queue, _, func in jobs:
+                self.hooks.on_event(self, "recovered", outcome=outcome, queue=queue, function=func)
 
     def serialize(self) -> dict[str, Any]:
         """RQ's worker hash, plus what recovery and dashboards need to read about this worker."""

@@ -83,8 +83,10 @@ return n
 
 @dataclass
 class RecoveryStats:
-    requeued: list[str] = field(default_factory=list)
-    abandoned: list[str] = field(default_factory=list)
+    """What one scan did: (queue name, job id, function name) per recovered job."""
+
+    requeued: list[tuple[str, str, str]] = field(default_factory=list)
+    abandoned: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _decode(v: Any) -> str:
@@ -203,8 +205,9 @@ class Recovery:
         if result is None:
             return  # another worker recovered it first
         n = int(result)
+        func = self._func_name(job_id)
         if n > 0:
-            stats.requeued.append(job_id)
+            stats.requeued.append((queue.name, job_id, func))
             log.warning(
                 "re-queued job %s of dead worker %s on %s (redelivery %d of %d)",
                 job_id,
@@ -214,7 +217,7 @@ class Recovery:
                 self.max_redeliveries,
             )
         elif n < 0:
-            stats.abandoned.append(job_id)
+            stats.abandoned.append((queue.name, job_id, func))
             reason = (
                 f"{AbandonedJob.__name__}: the worker running the job ({owner}) died and the job was "
                 f"already redelivered {self.max_redeliveries} times (WORKER_MAX_REDELIVERIES)"
@@ -222,6 +225,13 @@ class Recovery:
             log.error("job %s failed as abandoned: %s", job_id, reason)
             stub = Job(job_id, connection=self.conn, serializer=self.serializer)
             Result.create_failure(stub, self.failure_ttl, reason)
+
+    def _func_name(self, job_id: str) -> str:
+        try:
+            name = Job.fetch(job_id, connection=self.conn, serializer=self.serializer).func_name
+        except Exception:  # gone, or unreadable: the metrics label it "other"
+            return ""
+        return name or ""
 
 
 def utcformat_now() -> str:

@@ -52,7 +52,8 @@ class StrategyConfig:
     threads_per_cpu: int
     max_jobs_per_child: int = 0
     max_child_memory_mb: float = 0.0
-    preload: tuple[str, ...] = ("worker.jobs",)
+    # Imported once in the forkserver, so a new or recycled child starts warm.
+    preload: tuple[str, ...] = ("worker.jobs", "rq.utils", "rq.job", "asyncio")
 
 
 @dataclass
