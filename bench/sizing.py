@@ -12,6 +12,7 @@ close to its ceiling without costing CPU-bound work throughput; docs/sizing.md r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -42,21 +43,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_cell(conn: redis.Redis[bytes], url: str, func: str, kwargs: dict[str, Any], n: int, tpc: int) -> tuple[float, float]:
+def run_cell(
+    conn: redis.Redis[bytes], url: str, func: str, kwargs: dict[str, Any], n: int, tpc: int
+) -> tuple[float, float]:
     conn.flushall()
     q = Queue("sizing", connection=conn, serializer=JSONSerializer)
     q.enqueue_many([Queue.prepare_data(func, kwargs=kwargs, result_ttl=600) for _ in range(n)])
-    cmd = [sys.executable, "-m", "worker", "--strategy", "thread", "--threads-per-cpu", str(tpc), "--queues",
-           "sizing", "--burst", "--redis-url", url, "--metrics-port", "0", "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--strategy",
+        "thread",
+        "--threads-per-cpu",
+        str(tpc),
+        "--queues",
+        "sizing",
+        "--burst",
+        "--redis-url",
+        url,
+        "--metrics-port",
+        "0",
+        "--log-level",
+        "WARNING",
+    ]
     proc = subprocess.Popen(cmd)
     peak = 0
     ps = psutil.Process(proc.pid)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(psutil.Error):
             peak = max(peak, ps.memory_info().rss)
-        except psutil.Error:
-            pass
         time.sleep(0.1)
     if proc.poll() is None:
         proc.kill()
@@ -80,7 +97,19 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         server = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -101,7 +130,9 @@ def main() -> None:
                     runs = [run_cell(conn, url, func, kwargs, n, f) for _ in range(args.repeats)]
                     rates = [r[0] for r in runs]
                     rss = max(r[1] for r in runs)
-                    cells.append(f"{statistics.median(rates):.0f} jobs/s ({min(rates):.0f}–{max(rates):.0f}), {rss:.0f} MiB")
+                    cells.append(
+                        f"{statistics.median(rates):.0f} jobs/s ({min(rates):.0f}-{max(rates):.0f}), {rss:.0f} MiB"
+                    )
                 print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
         finally:
             server.terminate()

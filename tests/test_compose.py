@@ -29,7 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(1500)]
 
 
 def _engine_up() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    return (
+        shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )
 
 
 def _ensure_engine() -> str | None:
@@ -145,10 +147,7 @@ def test_services_healthy_targets_up_and_demo_jobs_done(stack: dict[str, Any]) -
     assert done.get("thread", 0) > 0 and done.get("process", 0) > 0, done
 
     # The pools follow the CPU quota (WORKER_CPUS=1), not the host's cores.
-    sizes = {
-        r["metric"]["strategy"]: (float(r["value"][1]))
-        for r in prom_query(port, "poolq_available_cpus")
-    }
+    sizes = {r["metric"]["strategy"]: (float(r["value"][1])) for r in prom_query(port, "poolq_available_cpus")}
     assert sizes == {"thread": 1.0, "process": 1.0}, sizes
     pools = {r["metric"]["strategy"]: float(r["value"][1]) for r in prom_query(port, "poolq_pool_size")}
     assert pools["process"] == 1.0 and pools["thread"] >= 1.0, pools

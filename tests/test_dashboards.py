@@ -66,7 +66,7 @@ def test_every_datasource_reference_is_the_provisioned_uid() -> None:
     for path in DASHBOARDS:
         d = json.loads(path.read_text())
 
-        def walk(node: Any) -> None:
+        def walk(node: Any, path: Path = path) -> None:
             nonlocal seen
             if isinstance(node, dict):
                 if "datasource" in node:
@@ -75,10 +75,10 @@ def test_every_datasource_reference_is_the_provisioned_uid() -> None:
                     uids.add(ds.get("uid"))
                     seen += 1
                 for v in node.values():
-                    walk(v)
+                    walk(v, path)
             elif isinstance(node, list):
                 for v in node:
-                    walk(v)
+                    walk(v, path)
 
         walk(d)
         assert d["uid"].startswith("poolq-")
@@ -108,8 +108,19 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iter
         for s, p in ports.items()
     ]
     demo = subprocess.Popen(
-        [sys.executable, "-m", "producer.demo", "--queues", "thread,process", "--rate", "10", "--duration", "120",
-         "--redis-url", url],
+        [
+            sys.executable,
+            "-m",
+            "producer.demo",
+            "--queues",
+            "thread,process",
+            "--rate",
+            "10",
+            "--duration",
+            "120",
+            "--redis-url",
+            url,
+        ],
         cwd=ROOT,
         env=worker_env(),
         stdout=subprocess.DEVNULL,
