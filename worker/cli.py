@@ -29,10 +29,20 @@ strategies:
   process  a pool of child processes (forkserver): use it for CPU-bound jobs. One child per
            CPU by default; hard timeouts (the child is killed); a crash fails only its job.
   inline   one job at a time in the worker process: the baseline (like rq's SimpleWorker).
+  hybrid   P child processes x T threads each: for mixed or unknown workloads. CPU-bound work
+           gets P cores, I/O-bound work P x T slots. Hard timeouts (the child is killed; jobs
+           running beside the overdue one are re-queued); a crash fails only the job that
+           caused it (with several jobs in the child, each is re-run alone to find it).
+  auto     a thread pool and a process pool in one worker: each function's CPU time / wall
+           time is measured and the job routed: CPU-bound to processes, I/O-bound to threads.
+           Hints win: job.meta['poolq_hint'] = 'cpu'|'io', @worker.composite.cpu_bound/io_bound.
+           The rule is logged at start, every change of a function's class when it happens.
 
 sizing:
   --concurrency auto sizes the pool from the CPUs this process may use (affinity and the
-  cgroup CPU quota): process = CPUs, thread = CPUs x WORKER_THREADS_PER_CPU.
+  cgroup CPU quota): process = CPUs, thread = CPUs x WORKER_THREADS_PER_CPU,
+  hybrid = CPUs processes x WORKER_THREADS_PER_CPU threads, auto = both the thread and the
+  process pools. WORKER_PROCESSES and WORKER_THREADS_PER_PROCESS override hybrid/auto's figures.
 
 Every flag has an environment variable: REDIS_URL, WORKER_STRATEGY, WORKER_CONCURRENCY, ...
 (flag --foo-bar -> WORKER_FOO_BAR). Flags win over the environment.
@@ -49,7 +59,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m worker",
-        description="poolq worker: runs RQ jobs from Redis in a thread, process or inline pool.",
+        description="poolq worker: runs RQ jobs from Redis in a thread, process, hybrid, auto or inline pool.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
@@ -76,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads-per-cpu",
         type=int,
         help=f"thread pool size per CPU with --concurrency auto (default: {d.THREADS_PER_CPU})",
+    )
+    a(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="hybrid and auto: child processes (default: 0, one per available CPU)",
+    )
+    a(
+        "--threads-per-process",
+        type=int,
+        metavar="N",
+        help="hybrid: threads in each child process (default: 0, WORKER_THREADS_PER_CPU)",
     )
     a("--job-timeout-seconds", type=int, help=f"timeout of jobs that carry none (default: {d.JOB_TIMEOUT_SECONDS})")
     a("--result-ttl-seconds", type=int, help=f"how long results are kept (default: {d.RESULT_TTL_SECONDS})")
@@ -246,6 +268,8 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
         threads_per_cpu=settings.threads_per_cpu,
         max_jobs_per_child=settings.max_jobs_per_child,
         max_child_memory_mb=settings.max_child_memory_mb,
+        processes=settings.processes or None,
+        threads_per_process=settings.threads_per_process or None,
     )
     hooks = HookChain(extra_hooks or [])
     strategy = STRATEGIES[settings.strategy](config, hooks)

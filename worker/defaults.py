@@ -8,7 +8,7 @@ from __future__ import annotations
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 STRATEGY = "thread"
-STRATEGIES = ("thread", "process", "inline")
+STRATEGIES = ("thread", "process", "inline", "hybrid", "auto")
 CONCURRENCY = "auto"
 QUEUES = ("default",)
 
@@ -16,6 +16,11 @@ QUEUES = ("default",)
 # time waiting, so one thread per core leaves the cores idle; see docs/sizing.md for the
 # measurement that picked this figure.
 THREADS_PER_CPU = 8
+
+# hybrid and auto: child processes (0: one per available CPU); hybrid: threads in each child
+# (0: THREADS_PER_CPU, so hybrid has as many slots as the thread strategy, spread over P processes).
+PROCESSES = 0
+THREADS_PER_PROCESS = 0
 
 SERIALIZER = "json"
 ALLOWED_FUNCTIONS = ("worker.jobs.*",)

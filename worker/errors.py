@@ -38,8 +38,18 @@ class MalformedJob(PoolqError):
     """The job hash in Redis could not be read (bad fields, undecodable data)."""
 
 
+class UnserializableResult(PoolqError):
+    """The job returned a value the configured serializer cannot store."""
+
+
 class AbandonedJob(PoolqError):
     """The worker running the job died and the job ran out of redeliveries."""
+
+
+class RequeueJob(PoolqError):
+    """Raised by a strategy's ``perform``: the job was stopped through no fault of its own (a hybrid
+    child killed to stop an overdue job beside it; a cold stop). The lifecycle puts it back at the
+    front of its queue (status ``requeued``) instead of failing it."""
 
 
 class ShutdownRequeued(PoolqError):

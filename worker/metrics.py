@@ -80,25 +80,33 @@ class JobStats(Collector):
         self.strategy = strategy
         self.bounds = sorted(buckets)
         self.lock = threading.Lock()
-        # (queue, function, status) -> executions ended
-        self.ended: dict[tuple[str, str, str], int] = {}
-        # (queue, function) -> one list per histogram: a count per bucket (+Inf last), then the sum
-        self.timings: dict[tuple[str, str], tuple[list[float], list[float], list[float]]] = {}
+        # (pool, queue, function, status) -> executions ended
+        self.ended: dict[tuple[str, str, str, str], int] = {}
+        # (pool, queue, function) -> one list per histogram: a count per bucket (+Inf last), then the sum
+        self.timings: dict[tuple[str, str, str], tuple[list[float], list[float], list[float]]] = {}
 
     def record(
-        self, queue: str, function: str, status: str, run: float | None, wait: float | None, total: float | None
+        self,
+        queue: str,
+        function: str,
+        status: str,
+        run: float | None,
+        wait: float | None,
+        total: float | None,
+        pool: str | None = None,
     ) -> None:
         bounds = self.bounds
-        key = (queue, function, status)
+        pool = pool or self.strategy
+        key = (pool, queue, function, status)
         with self.lock:
             ended = self.ended
             ended[key] = ended.get(key, 0) + 1
             if run is None:
                 return
-            hists = self.timings.get((queue, function))
+            hists = self.timings.get((pool, queue, function))
             if hists is None:
                 n = len(bounds) + 2
-                hists = self.timings[queue, function] = ([0.0] * n, [0.0] * n, [0.0] * n)
+                hists = self.timings[pool, queue, function] = ([0.0] * n, [0.0] * n, [0.0] * n)
             h = hists[0]
             h[bisect_left(bounds, run)] += 1
             h[-1] += run
@@ -118,22 +126,23 @@ class JobStats(Collector):
         s = self.strategy
         c = CounterMetricFamily(
             "poolq_jobs_ended",
-            "Job executions ended, by queue, function (allowlisted name or 'other') and status.",
-            labels=["strategy", "queue", "function", "status"],
+            "Job executions ended, by pool that ran them (a sub-pool for auto), queue, function "
+            "(allowlisted name or 'other') and status.",
+            labels=["strategy", "pool", "queue", "function", "status"],
         )
-        for (queue, function, status), n in sorted(ended.items()):
-            c.add_metric([s, queue, function, status], n)
+        for (pool, queue, function, status), n in sorted(ended.items()):
+            c.add_metric([s, pool, queue, function, status], n)
         yield c
         les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         for i, (name, doc) in enumerate(self.HISTOGRAMS):
-            fam = HistogramMetricFamily(name, doc, labels=["strategy", "queue", "function"], unit="seconds")
-            for (queue, function), hists in sorted(timings.items()):
+            fam = HistogramMetricFamily(name, doc, labels=["strategy", "pool", "queue", "function"], unit="seconds")
+            for (pool, queue, function), hists in sorted(timings.items()):
                 h = hists[i]
                 cumulative, acc = [], 0.0
                 for le, count in zip(les, h[:-1], strict=True):
                     acc += count
                     cumulative.append((le, acc))
-                fam.add_metric([s, queue, function], cumulative, h[-1])
+                fam.add_metric([s, pool, queue, function], cumulative, h[-1])
             yield fam
 
 
@@ -310,6 +319,8 @@ class Metrics(Hooks):
             self._event_child(event)
 
         self._functions: dict[str | None, str] = {}
+        # Bounded values of the jobs' ``pool`` label: the strategy, or auto's sub-pools.
+        self._pools = frozenset({strategy, "thread", "process"})
 
     # ------------------------------------------------------------------ serving
 
@@ -370,10 +381,11 @@ class Metrics(Hooks):
             name = None
         func = self._function_label(name)
         label = status if status in STATUSES else OTHER
+        pool_label = pool if pool in self._pools else OTHER
         if status in UNTIMED_STATUSES:
-            self.jobs.record(queue_name, func, label, None, None, None)
+            self.jobs.record(queue_name, func, label, None, None, None, pool_label)
         else:
-            self.jobs.record(queue_name, func, label, run_seconds, wait_seconds, total_seconds)
+            self.jobs.record(queue_name, func, label, run_seconds, wait_seconds, total_seconds, pool_label)
 
     def on_event(self, worker: PoolWorker | None, event: str, **fields: Any) -> None:
         self._event_child(event).inc()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import redis.exceptions
 from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.job import Job, JobStatus
@@ -35,12 +36,19 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
-from rq.utils import current_timestamp, now
+from rq.utils import current_timestamp, now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from worker import defaults
 from worker.allowlist import check_allowed
-from worker.errors import ChildCrashed, ColdShutdown, FunctionNotAllowed, MalformedJob
+from worker.errors import (
+    ChildCrashed,
+    ColdShutdown,
+    FunctionNotAllowed,
+    MalformedJob,
+    RequeueJob,
+    UnserializableResult,
+)
 from worker.hooks import HookChain
 from worker.recovery import WORKER_TTL_FIELD, Recovery
 
@@ -59,6 +67,8 @@ STOPPED_JOB_GRACE_SECONDS = 4.0
 # How long a finished job's outcome waits for Redis to come back before it is given up
 # (the job then stays in the started registry and RQ's clean-up fails it as abandoned).
 REDIS_OUTAGE_BUDGET_SECONDS = 600.0
+
+AGAIN = object()  # _dequeue: nothing this time, but do not take it for empty queues
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
@@ -189,11 +199,11 @@ class PoolWorker(BaseWorker):
 
     def work(self, burst: bool = False, logging_level: str | None = None, **_: Any) -> bool:  # type: ignore[override]
         """Register, start the pool, dequeue until stopped (or, with ``burst``, until idle)."""
+        self._install_signal_handlers()
         self.bootstrap(logging_level=None)
         self.strategy.start()
         self.set_state(WorkerStatus.IDLE)
         self.hooks.on_worker_start(self)
-        self._install_signal_handlers()
         self._monitor_thread = threading.Thread(target=self._monitor, name="poolq-monitor", daemon=True)
         self._monitor_thread.start()
         self._scheduler_tick()
@@ -201,8 +211,13 @@ class PoolWorker(BaseWorker):
         worked = False
         try:
             worked = self._loop(burst)
+        except ColdShutdown:
+            worked = True
         finally:
-            self._finish()
+            try:
+                self._finish()
+            except ColdShutdown:  # a signal during the drain itself: it is already cold
+                self._finish()
         return worked
 
     def _loop(self, burst: bool) -> bool:
@@ -210,11 +225,17 @@ class PoolWorker(BaseWorker):
         while not self._stop_requested:
             if not self._slots.acquire(timeout=0.5):
                 continue
+            if not self.strategy.admit(0.5):  # auto: a dequeued job still waits for its sub-pool
+                self._slots.release()
+                continue
             try:
                 result = self._dequeue(burst)
             except BaseException:
                 self._slots.release()
                 raise
+            if result is AGAIN:  # a bad job was rejected or Redis hiccuped: the queues may hold more
+                self._slots.release()
+                continue
             if result is None:
                 self._slots.release()
                 if burst:
@@ -225,11 +246,13 @@ class PoolWorker(BaseWorker):
                         self._changed.wait(0.5)
                 continue
             worked = True
+            assert isinstance(result, tuple)
             self._start(*result)
         return worked
 
-    def _dequeue(self, burst: bool) -> tuple[Job, Queue] | None:
-        """One dequeue attempt: a job, or None (timeout, Redis trouble, a rejected bad job).
+    def _dequeue(self, burst: bool) -> tuple[Job, Queue] | object | None:
+        """One dequeue attempt: a job; None when the queues are empty; AGAIN after a rejected
+        bad job or a Redis error (the queues may still hold work).
 
         Every queue is read with LMOVE into its intermediate list, never with BLPOP, so a job
         is always somewhere recovery can find it, also with several queues (RQ uses BLPOP then).
@@ -247,17 +270,20 @@ class PoolWorker(BaseWorker):
                 raise
             except Exception as e:
                 self.reject_malformed(job_id, queue, e)
-                return None
-            if fetched is None:  # the job hash is gone (deleted or expired): drop the id
-                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
-                return None
+                return AGAIN
+            if fetched is None:
+                if self.connection.exists(Job.key_for(job_id)):  # a hash RQ cannot read as a job
+                    self.reject_malformed(job_id, queue, MalformedJob("the job hash has no 'data' field"))
+                else:  # deleted or expired: drop the id, as RQ does
+                    self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                return AGAIN
             self.reorder_queues(reference_queue=queue)
             return fetched[0], queue
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             log.error("Redis unavailable while dequeuing (%s); retrying", e)
             self.hooks.on_event(self, "redis_error")
             time.sleep(1.0)
-            return None
+            return AGAIN
 
     def _pop(self, burst: bool) -> tuple[Queue, str] | None:
         for queue in self._ordered_queues:
@@ -316,6 +342,9 @@ class PoolWorker(BaseWorker):
         except ColdShutdown:
             self.requeue(ticket)
             raise
+        except RequeueJob:  # stopped through no fault of its own (hybrid: an overdue sibling; cold stop)
+            self.requeue(ticket)
+            return False
         except Exception:
             if ticket.claim():
                 self._fail(ticket, sys.exc_info(), time.perf_counter() - t0)
@@ -323,12 +352,22 @@ class PoolWorker(BaseWorker):
         if not ticket.claim():
             return False  # the monitor (timeout) or a drain (re-queue) already ended this job
         try:
+            self._check_result(return_value)
             self._redis_retry(lambda: self._finalize_success(job, queue, execution, return_value))
         except Exception:  # e.g. a result the serializer cannot store
             self._fail(ticket, sys.exc_info(), time.perf_counter() - t0)
             return False
         self._report(ticket, None, time.perf_counter() - t0)
         return True
+
+    def _check_result(self, value: Any) -> None:
+        """Refuse a result the serializer cannot store: RQ would store a placeholder silently."""
+        try:
+            self.serializer.dumps(value)
+        except Exception as e:
+            name = getattr(self.serializer, "__name__", type(self.serializer).__name__)
+            kind = type(value).__name__
+            raise UnserializableResult(f"the job returned a {kind}, which {name} cannot store: {e}") from e
 
     def _redis_retry(self, fn: Callable[[], Any]) -> Any:
         """Run a lifecycle step, riding out a Redis outage rather than losing the job's outcome."""
@@ -363,7 +402,7 @@ class PoolWorker(BaseWorker):
             wait = max(0.0, job.started_at.timestamp() - ticket.enqueued_at)
         total = None if ticket.enqueued_at is None else max(0.0, end - ticket.enqueued_at)
         self.hooks.on_job_end(
-            self, job, ticket.queue.name, status or status_of(exc), run_seconds, wait, total, self.strategy.name
+            self, job, ticket.queue.name, status or status_of(exc), run_seconds, wait, total, self.strategy.pool_of(job)
         )
 
     def _end(self, ticket: Ticket) -> None:
@@ -464,6 +503,25 @@ class PoolWorker(BaseWorker):
             for queue, _, func in jobs:
                 self.hooks.on_event(self, "recovered", outcome=outcome, queue=queue, function=func)
 
+    def register_birth(self) -> None:
+        """Take over from a dead earlier life under the same name before registering.
+
+        A container restarted after kill -9 comes back with the same hostname and pid (1), so
+        the same default name: its old hash still looks alive for a while, and RQ would refuse
+        to start. Same host and (our pid, or a pid no longer running) means it is dead: mark it
+        so, recover its jobs, then register.
+        """
+        host, pid, death = self.connection.hmget(self.key, ["hostname", "pid", "death"])
+        if host is not None and death is None and host.decode() == self.hostname:
+            old_pid = int(pid or 0)
+            if old_pid == os.getpid() or not psutil.pid_exists(old_pid):
+                log.warning(
+                    "an earlier worker named %s on this host (pid %d) died; recovering its jobs", self.name, old_pid
+                )
+                self.connection.hset(self.key, "death", utcformat(now()))
+                self.recover()
+        super().register_birth()  # type: ignore[no-untyped-call]
+
     def serialize(self) -> dict[str, Any]:
         """RQ's worker hash, plus what recovery and dashboards need to read about this worker."""
         data: dict[str, Any] = super().serialize()
@@ -476,7 +534,8 @@ class PoolWorker(BaseWorker):
 
     def reject_malformed(self, job_id: str, queue: Queue, exc: BaseException) -> None:
         """Fail a job whose hash cannot be read, with the reason, and go on."""
-        reason = f"{MalformedJob.__name__}: job {job_id} could not be loaded: {type(exc).__name__}: {exc}"
+        detail = str(exc) or repr(exc)
+        reason = f"{MalformedJob.__name__}: job {job_id} could not be loaded: {type(exc).__name__}: {detail}"
         log.error("%s", reason)
         self.hooks.on_event(self, "malformed_job", queue=queue.name)
         ttl = DEFAULT_FAILURE_TTL
@@ -507,9 +566,11 @@ class PoolWorker(BaseWorker):
                 self.shutdown_timeout,
                 self.in_flight,
             )
-        else:
+        elif not self._cold:
             self._cold = True
             log.warning("cold shutdown (%s): stopping running jobs and re-queueing them", signal.Signals(signum).name)
+            if self.strategy.runs_in_main_thread():
+                raise ColdShutdown()  # interrupts the job running in this (the main) thread
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self._on_signal(signum or signal.SIGTERM, frame)
@@ -524,9 +585,9 @@ class PoolWorker(BaseWorker):
         leftover = list(self._tickets.values())
         if leftover:
             log.warning("%d job(s) did not finish in time: re-queueing them", len(leftover))
-            self.strategy.kill_running()
-            for ticket in leftover:
+            for ticket in leftover:  # claim them first, so a killed child is not taken for a crash
                 self.requeue(ticket)
+            self.strategy.kill_running()
         self.strategy.shutdown(wait=not leftover, timeout=2.0)
         self._monitor_stop.set()
         if self._monitor_thread is not None:

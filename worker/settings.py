@@ -18,7 +18,7 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore", frozen=True, populate_by_name=True)
 
     redis_url: str = Field(defaults.REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "WORKER_REDIS_URL"))
-    strategy: Literal["thread", "process", "inline"] = defaults.STRATEGY  # type: ignore[assignment]
+    strategy: Literal["thread", "process", "inline", "hybrid", "auto"] = defaults.STRATEGY  # type: ignore[assignment]
     concurrency: str = defaults.CONCURRENCY
     queues: str = ",".join(defaults.QUEUES)
     name: str | None = None
@@ -26,6 +26,8 @@ class WorkerSettings(BaseSettings):
     serializer: Literal["json", "pickle"] = defaults.SERIALIZER  # type: ignore[assignment]
     allowed_functions: str = ",".join(defaults.ALLOWED_FUNCTIONS)
     threads_per_cpu: int = Field(defaults.THREADS_PER_CPU, ge=1, le=1024)
+    processes: int = Field(defaults.PROCESSES, ge=0, le=1024)
+    threads_per_process: int = Field(defaults.THREADS_PER_PROCESS, ge=0, le=1024)
     job_timeout_seconds: int = Field(defaults.JOB_TIMEOUT_SECONDS, ge=1)
     result_ttl_seconds: int = Field(defaults.RESULT_TTL_SECONDS, ge=-1)
     heartbeat_interval_seconds: float = Field(defaults.HEARTBEAT_INTERVAL_SECONDS, gt=0, le=300)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-from worker.errors import ChildCrashed, RemoteJobError, RemoteTraceback
+from worker.errors import ChildCrashed, RemoteJobError, RemoteTraceback, RequeueJob
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkServerContext, ForkServerProcess
@@ -52,6 +52,8 @@ class StrategyConfig:
     threads_per_cpu: int
     max_jobs_per_child: int = 0
     max_child_memory_mb: float = 0.0
+    processes: int | None = None  # hybrid and auto: child processes (None: one per available CPU)
+    threads_per_process: int | None = None  # hybrid: threads in each child (None: threads_per_cpu)
     # Imported once in the forkserver, so a new or recycled child starts warm.
     preload: tuple[str, ...] = ("worker.jobs", "rq.utils", "rq.job", "asyncio")
 
@@ -115,6 +117,15 @@ class Strategy(ABC):
     def runs_in_main_thread(self) -> bool:
         """True while a job runs in the worker's main thread (a cold stop must interrupt it)."""
         return False
+
+    def admit(self, timeout: float) -> bool:
+        """May the dequeue loop take another job now? Blocks up to ``timeout`` (auto: not while a
+        dequeued job still waits for its sub-pool, so jobs are not hoarded)."""
+        return True
+
+    def pool_of(self, job: Job) -> str:
+        """The pool that ran ``job``: the ``pool`` label of its metrics (a sub-pool for auto)."""
+        return self.name
 
     @abstractmethod
     def shutdown(self, wait: bool, timeout: float | None = None) -> None:
@@ -451,6 +462,8 @@ class ProcessStrategy(Strategy):
             pid, code = child.pid, child.process.exitcode
             reason = self.kill_reasons.pop(pid, None)
             self._replace(slot, "crashed")
+            if reason == "cold_stop":
+                raise RequeueJob(f"cold stop: pool child {pid} was killed; the job was re-queued") from None
             if reason == "timed_out":
                 raise JobTimeoutException(
                     f"Task exceeded maximum timeout value ({timeout:g} seconds); pool child {pid} was killed"
@@ -523,3 +536,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "process": ProcessStrategy,
     "inline": InlineStrategy,
 }
+
+# hybrid and auto (worker/composite.py) build on the classes above and add themselves to
+# STRATEGIES; importing them here makes the registry complete whichever module is imported first.
+import worker.composite  # noqa: E402, F401

@@ -1,0 +1,1273 @@
+"""Composite strategies: ``hybrid`` (P processes x T threads) and ``auto`` (a thread pool and a
+process pool in one worker, each job routed by its function's measured CPU time / wall time).
+
+Both keep the dequeue loop and the job lifecycle unchanged (``worker/pool_worker.py``): like the
+other strategies they own a set of lifecycle slot threads (:class:`~worker.strategies.SlotThreads`)
+and decide, in :meth:`perform`, where the job's function runs.
+
+hybrid
+    ``P`` pool children (forkserver), each running ``T`` threads (:func:`_threaded_child_main`).
+    A lifecycle slot sends the call to the least busy child and waits for its reply, which a
+    reader thread per child delivers. CPU-bound work gets ``P`` cores, I/O-bound work ``P x T``
+    slots. The guarantees of the process strategy, adapted to children that run several jobs:
+
+    - **Hard timeouts.** A thread cannot be stopped, so an overdue job's whole child is killed
+      (SIGKILL) and replaced; the job fails with ``JobTimeoutException``. The other jobs that
+      were running in that child (its *siblings*) did nothing wrong: they are **re-queued**
+      (:class:`~worker.errors.RequeueJob`: the lifecycle puts them back at the front of their
+      queue, status ``requeued``; they run again with a new execution and their full timeout).
+      Re-running them in place instead would leave them only what is left of their timeout.
+    - **Crash isolation.** When a child dies by itself (segfault, ``os._exit``, OOM kill) with
+      one job in flight, that job fails (:class:`~worker.errors.ChildCrashed`, with the exit code
+      or signal). With several in flight the culprit is unknown (any thread may have crashed the
+      process), so each of them is **re-run alone** in a fresh one-job child, within what is left
+      of its timeout: the one that crashes again alone is the culprit and fails with the signal;
+      the others finish normally. Nothing is re-queued blindly, so a crashing job cannot take new
+      siblings down with it again and again.
+    - **At-least-once.** Unchanged: the parent owns every Redis write, and the generic recovery
+      (``worker/recovery.py``) re-queues the jobs of a worker that died.
+
+auto
+    A thread pool (jobs run in the lifecycle slot thread itself, in the worker process) and a
+    process pool (one job per child, as the process strategy). Each job is routed in
+    :meth:`AutoStrategy.perform` by :class:`Router`:
+
+    1. an explicit hint wins: ``job.meta["poolq_hint"]`` (``"cpu"``/``"io"``), then a hint on the
+       function (``@worker.composite.cpu_bound`` / ``@io_bound``);
+    2. otherwise the function's learned class: ``cpu`` -> process, ``io`` -> thread. A function
+       becomes ``cpu`` when its CPU time / wall time is >= :data:`CPU_RATIO` (and it uses at
+       least :data:`MIN_CPU_SECONDS` of CPU per job: below that a process hop costs more than the
+       GIL time it saves), and ``io`` again when the ratio drops below :data:`IO_RATIO`
+       (hysteresis). The figures are measured on every job: ``time.thread_time`` around the call
+       in a thread; the child's ``process_time`` in a process child (one job at a time, so it is
+       the job's own CPU). Wall time excludes the time the thread waited for a free core
+       (``/proc/thread-self/schedstat``), so an oversubscribed machine does not make CPU-bound
+       code look I/O-bound;
+    3. a new function is measured in a process first (:data:`PROBE_RUNS` runs): there its ratio
+       is clean. In a thread the ratio of CPU-bound code is understated (it also waits for the
+       GIL), so thread measurements can only *raise* a function to ``cpu``; an ``io`` function is
+       re-measured in a free process child every :data:`REPROBE_EVERY` runs;
+    4. an ``io`` function whose thread pool is full may overflow into a free process child
+       (never the reverse: CPU-bound code in the worker's threads would stall every thread on the
+       GIL).
+
+    **Waiting for a full sub-pool.** The dequeue loop holds one semaphore of ``capacity`` =
+    threads + processes lifecycle slots, and a job's class is only known once it is dequeued. A
+    job whose sub-pool is full waits for it in its lifecycle slot. That cannot deadlock: a
+    sub-pool slot is held only by a job that is running, and a running job needs nothing else to
+    finish (or to be stopped at its timeout). It must not prefetch either (jobs held in memory
+    while the other sub-pool idles, that another replica could have run): the dequeue loop asks
+    :meth:`AutoStrategy.admit` before each dequeue, which waits until the job dequeued before has
+    been *placed* (it holds a thread or a process slot, or it failed). So at most one job is
+    ever dequeued and not running, and the worker never holds more than ``capacity`` jobs; the
+    bottleneck sub-pool still never idles: the waiting job takes the first slot that frees. The
+    price is that dequeuing job n+1 waits for job n's ``prepare_job_execution`` (one Redis round
+    trip): it caps the dequeue rate of auto at roughly 1 / (4 Redis round trips).
+
+    Which pool ran a job is exported: :meth:`pool_of` gives the ``pool`` label of the job metrics
+    (``thread`` or ``process``); the rule is logged at start and every class change is logged
+    (and counted as the ``route_changed`` worker event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue as queue_mod
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rq.timeouts import JobTimeoutException
+
+from worker.errors import ChildCrashed, RemoteJobError, RemoteTraceback, RequeueJob
+from worker.strategies import (
+    STRATEGIES,
+    PoolChild,
+    Slot,
+    SlotThreads,
+    Strategy,
+    StrategyConfig,
+    describe_exit,
+)
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerContext, ForkServerProcess
+
+    from rq.job import Job
+
+    from worker.hooks import Hooks
+
+log = logging.getLogger("worker.composite")
+
+# ---------------------------------------------------------------------------------------------
+# Hints
+
+CPU = "cpu"
+IO = "io"
+HINT_META_KEY = "poolq_hint"
+HINT_ATTRIBUTE = "poolq_hint"
+_HINT_VALUES = {"cpu": CPU, "process": CPU, "io": IO, "thread": IO}
+POOL_OF_CLASS = {CPU: "process", IO: "thread"}
+# Set on the Job object (not saved to Redis) by auto's perform(): the sub-pool that ran it.
+POOL_ATTRIBUTE = "poolq_pool"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cpu_bound(func: F) -> F:
+    """Declares ``func`` CPU-bound: the ``auto`` strategy runs it in a process child, unmeasured."""
+    setattr(func, HINT_ATTRIBUTE, CPU)
+    return func
+
+
+def io_bound(func: F) -> F:
+    """Declares ``func`` I/O-bound: the ``auto`` strategy runs it in a thread of the worker."""
+    setattr(func, HINT_ATTRIBUTE, IO)
+    return func
+
+
+def parse_hint(value: object) -> str | None:
+    """``"cpu"``/``"process"`` -> cpu, ``"io"``/``"thread"`` -> io, anything else -> None."""
+    if isinstance(value, str):
+        return _HINT_VALUES.get(value.strip().lower())
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizing
+
+
+def hybrid_layout(config: StrategyConfig) -> tuple[int, int, int]:
+    """(processes, threads per process, capacity) of a hybrid pool.
+
+    Default: one process per available CPU x ``threads_per_cpu`` threads each. An explicit
+    ``concurrency`` is the number of jobs at once, spread over the processes.
+    """
+    procs = max(1, config.processes or config.available_cpus)
+    if config.concurrency is not None:
+        procs = min(procs, config.concurrency)
+        threads = config.threads_per_process or math.ceil(config.concurrency / procs)
+        return procs, threads, min(config.concurrency, procs * threads)
+    threads = config.threads_per_process or config.threads_per_cpu
+    return procs, threads, procs * threads
+
+
+def auto_layout(config: StrategyConfig) -> tuple[int, int, int]:
+    """(threads, processes, capacity) of an auto worker.
+
+    Default: a thread pool as the thread strategy's (CPUs x ``threads_per_cpu``) and a process
+    pool as the process strategy's (one per CPU). An explicit ``concurrency`` is the number of
+    jobs at once, both pools together: the processes (``processes``, default the CPUs, at most
+    concurrency - 1) and the rest threads.
+    """
+    procs = max(1, config.processes or config.available_cpus)
+    if config.concurrency is not None:
+        procs = max(1, min(procs, config.concurrency - 1))
+        threads = max(1, config.concurrency - procs)
+        return threads, procs, threads + procs
+    threads = config.available_cpus * config.threads_per_cpu
+    return threads, procs, threads + procs
+
+
+def _preload(config: StrategyConfig) -> list[str]:
+    return list(dict.fromkeys((*config.preload, "worker.composite")))
+
+
+# ---------------------------------------------------------------------------------------------
+# The hybrid child: several jobs at once, one per thread
+
+
+def _threaded_child_main(conn: multiprocessing.connection.Connection, threads: int) -> None:
+    """A hybrid pool child: ``threads`` threads run ``(call_id, func, args, kwargs)`` messages.
+
+    Replies are ``(call_id, "ok", value, cpu_seconds, wall_seconds)`` or
+    ``(call_id, "err", type_name, message, traceback)``. Like the process strategy's child it
+    never talks to Redis. ``None`` asks it to finish the running calls and exit.
+    """
+    from rq.utils import import_attribute
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when jobs stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    calls: queue_mod.SimpleQueue[tuple[int, str, list[Any], dict[str, Any]] | None] = queue_mod.SimpleQueue()
+    send_lock = threading.Lock()
+    funcs: dict[str, Any] = {}
+
+    def send(reply: tuple[Any, ...]) -> None:
+        with send_lock:
+            try:
+                conn.send(reply)
+            except (OSError, ValueError):  # the parent is gone
+                os._exit(0)
+            except Exception as e:  # the return value could not be pickled
+                conn.send(
+                    (
+                        reply[0],
+                        "err",
+                        type(e).__name__,
+                        f"job result could not be sent from the pool child: {e}",
+                        traceback.format_exc(),
+                    )
+                )
+
+    def run() -> None:
+        while True:
+            item = calls.get()
+            if item is None:
+                return
+            call_id, func_name, args, kwargs = item
+            t0_cpu, t0_wall = time.thread_time(), time.perf_counter()
+            try:
+                func = funcs.get(func_name)
+                if func is None:
+                    func = funcs[func_name] = import_attribute(func_name)
+                value = func(*args, **kwargs)
+                if asyncio.iscoroutine(value):
+                    value = asyncio.run(value)
+                reply: tuple[Any, ...] = (
+                    call_id,
+                    "ok",
+                    value,
+                    time.thread_time() - t0_cpu,
+                    time.perf_counter() - t0_wall,
+                )
+            except BaseException as e:  # report everything, including SystemExit from the job
+                reply = (call_id, "err", type(e).__name__, str(e), traceback.format_exc())
+            send(reply)
+
+    workers = [threading.Thread(target=run, name=f"poolq-hybrid-job-{i}", daemon=True) for i in range(threads)]
+    for t in workers:
+        t.start()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent is gone: nobody wants the results
+            os._exit(0)
+        if msg is None:
+            break
+        calls.put(msg)
+    for _ in workers:
+        calls.put(None)
+    for t in workers:
+        t.join()
+
+
+@dataclass(eq=False)
+class Call:
+    """One job sent to a hybrid child; ``reply`` is None when the child died with it in flight."""
+
+    id: int
+    child: ThreadedChild
+    event: threading.Event = field(default_factory=threading.Event)
+    reply: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Death:
+    pid: int
+    exitcode: int | None
+    in_flight: int  # calls the child was running when it died
+
+
+class ThreadedChild:
+    """One hybrid pool child, its pipe, its calls in flight and the thread that reads its replies."""
+
+    def __init__(self, ctx: ForkServerContext, threads: int, reader: Callable[[ThreadedChild], None]) -> None:
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process: ForkServerProcess = ctx.Process(
+            target=_threaded_child_main, args=(child_conn, threads), daemon=True
+        )
+        self.process.start()
+        child_conn.close()
+        self.threads = threads
+        self.send_lock = threading.Lock()
+        self.inflight: dict[int, Call] = {}
+        self.state = "live"  # live -> retiring (no new calls) -> stopping -> dead
+        self.kill_reason: str | None = None  # timed_out, cold_stop
+        self.broken = False  # a send failed: the child is dying, its reader thread will replace it
+        self.overdue: set[int] = set()
+        self.jobs_done = 0
+        self.death: Death | None = None
+        self.reader = threading.Thread(target=reader, args=(self,), name=f"poolq-hybrid-reader-{self.pid}", daemon=True)
+        self.reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _schedstat() -> tuple[float, float] | None:
+    """(on-CPU, waiting-for-a-CPU) seconds of the calling thread, from /proc/thread-self/schedstat."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def _runqueue_wait(before: tuple[float, float] | None) -> float:
+    """Seconds the calling thread was runnable but had no CPU since ``before`` (0 if unknown)."""
+    after = _schedstat()
+    return max(0.0, after[1] - before[1]) if before is not None and after is not None else 0.0
+
+
+def _measured_child_main(conn: multiprocessing.connection.Connection) -> None:
+    """auto's process child: the process strategy's one-job child, plus the run-queue wait.
+
+    Replies ``("ok", value, cpu_seconds, runqueue_wait_seconds)``: on a busy machine a CPU-bound
+    job also waits for a core, which would make it look less CPU-bound than it is.
+    """
+    from rq.utils import import_attribute
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when jobs stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    funcs: dict[str, Any] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        func_name, args, kwargs = msg
+        t0, s0 = time.process_time(), _schedstat()
+        try:
+            func = funcs.get(func_name)
+            if func is None:
+                func = funcs[func_name] = import_attribute(func_name)
+            value = func(*args, **kwargs)
+            if asyncio.iscoroutine(value):
+                value = asyncio.run(value)
+            reply: tuple[Any, ...] = ("ok", value, time.process_time() - t0, _runqueue_wait(s0))
+        except BaseException as e:  # report everything, including SystemExit from the job
+            reply = ("err", type(e).__name__, str(e), traceback.format_exc())
+        try:
+            conn.send(reply)
+        except Exception as e:  # the return value could not be pickled
+            conn.send(
+                (
+                    "err",
+                    type(e).__name__,
+                    f"job result could not be sent from the pool child: {e}",
+                    traceback.format_exc(),
+                )
+            )
+
+
+class MeasuredChild(PoolChild):
+    """A one-job pool child running :func:`_measured_child_main`."""
+
+    def __init__(self, ctx: ForkServerContext) -> None:  # noqa: D107 - PoolChild with another target
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_measured_child_main, args=(child_conn,), daemon=True)
+        self.process.start()
+        child_conn.close()
+        self.jobs_done = 0
+
+
+def _remote_error(type_name: str, message: str, tb: str) -> RemoteJobError:
+    err = RemoteJobError(f"{type_name}: {message}")
+    err.__cause__ = RemoteTraceback(tb)
+    return err
+
+
+def _timeout_error(timeout: float, detail: str) -> JobTimeoutException:
+    return JobTimeoutException(f"Task exceeded maximum timeout value ({timeout:g} seconds); {detail}")
+
+
+class _SoloDied(Exception):
+    def __init__(self, pid: int, exitcode: int | None, reason: str | None) -> None:
+        super().__init__(pid, exitcode, reason)
+        self.pid, self.exitcode, self.reason = pid, exitcode, reason
+
+
+def _solo_call(child: PoolChild, job: Job, timeout: float) -> tuple[Any, float, float]:
+    """Runs ``job`` in a one-job :class:`PoolChild` (the process strategy's child or a measured one).
+
+    Returns (value, CPU seconds, seconds the child waited for a CPU). Raises ``JobTimeoutException`` (the caller kills the child),
+    :class:`_SoloDied` (EOF: the child died), ``RemoteJobError`` (the job raised), ``ChildCrashed``
+    when the child was gone before the job was sent.
+    """
+    try:
+        child.conn.send((job.func_name, list(job.args), dict(job.kwargs)))
+    except (OSError, ValueError) as e:
+        raise ChildCrashed(f"pool child {child.pid} was gone before the job started: {e}") from None
+    except Exception as e:  # arguments that cannot be pickled (pickle serializer only)
+        raise RemoteJobError(f"job arguments could not be sent to the pool child: {e}") from None
+    if not child.conn.poll(timeout):
+        raise JobTimeoutException(f"pool child {child.pid}")
+    try:
+        reply = child.conn.recv()
+    except (EOFError, OSError):
+        child.process.join(5)
+        raise _SoloDied(child.pid, child.process.exitcode, None) from None
+    if reply[0] == "ok":
+        return reply[1], float(reply[2]), float(reply[3]) if len(reply) > 3 else 0.0
+    _, type_name, message, tb = reply
+    raise _remote_error(type_name, message, tb)
+
+
+class HybridStrategy(Strategy):
+    """``P`` child processes x ``T`` threads each: parallel CPU across children, many waits in each."""
+
+    name = "hybrid"
+    advice = (
+        "processes x threads: P children (one per CPU) each running T threads; for mixed or unknown "
+        "workloads: CPU-bound work gets the cores, I/O-bound work many slots; hard timeouts (the child is "
+        "killed, the jobs beside the overdue one are re-queued); a crash fails only the job that caused it"
+    )
+
+    @classmethod
+    def size(cls, config: StrategyConfig) -> int:
+        return hybrid_layout(config)[2]
+
+    def __init__(self, config: StrategyConfig, hooks: Hooks | None = None) -> None:
+        super().__init__(config, hooks)
+        self.processes, self.threads_per_process, _ = hybrid_layout(config)
+        self.ctx: ForkServerContext = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(_preload(config))
+        self.slots = SlotThreads(self.capacity, "poolq-hybrid")
+        self.cond = threading.Condition()
+        self.children: list[ThreadedChild | None] = [None] * self.processes
+        self.retiring: list[ThreadedChild] = []
+        self.solos: dict[int, PoolChild] = {}
+        self.solo_reasons: dict[int, str] = {}
+        self.closing = False
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ pool management
+
+    def start(self) -> None:
+        with self.cond:
+            for i in range(self.processes):
+                self.children[i] = self._spawn()
+        self.slots.start()
+        log.info(
+            "hybrid pool: %d processes x %d threads = %d jobs at once (pids %s)",
+            self.processes,
+            self.threads_per_process,
+            self.capacity,
+            ", ".join(str(p) for p in self.child_pids()),
+        )
+
+    def _spawn(self) -> ThreadedChild:
+        return ThreadedChild(self.ctx, self.threads_per_process, self._read)
+
+    def _pick(self) -> ThreadedChild:
+        """The live child with the fewest calls in flight (caller holds ``cond``)."""
+        while True:
+            best: ThreadedChild | None = None
+            for i, child in enumerate(self.children):
+                if child is None or child.state == "dead":
+                    if self.closing:
+                        continue
+                    child = self.children[i] = self._spawn()  # an earlier replacement failed
+                if child.state != "live" or child.kill_reason is not None or child.broken:
+                    continue  # dying: its replacement is on its way
+                if len(child.inflight) < child.threads and (best is None or len(child.inflight) < len(best.inflight)):
+                    best = child
+            if best is not None:
+                return best
+            # Every child is full: only while a replacement is on its way (the lifecycle never
+            # runs more than P x T jobs at once). Wait for a reply or a replacement.
+            self.cond.wait(0.05)
+
+    def _dispatch(self, job: Job) -> Call:
+        msg_args = (job.func_name, list(job.args), dict(job.kwargs))
+        for _attempt in range(5):
+            with self.cond:
+                if self.closing:
+                    raise RequeueJob("the worker is stopping; the job was not started and is re-queued")
+                child = self._pick()
+                call = Call(next(self._ids), child)
+                child.inflight[call.id] = call
+            try:
+                with child.send_lock:
+                    child.conn.send((call.id, *msg_args))
+                return call
+            except (OSError, ValueError):  # the child died before the job reached it: it never ran
+                with self.cond:
+                    child.inflight.pop(call.id, None)
+                    child.broken = True
+                continue
+            except Exception as e:  # arguments that cannot be pickled (pickle serializer only)
+                with self.cond:
+                    child.inflight.pop(call.id, None)
+                raise RemoteJobError(f"job arguments could not be sent to the pool child: {e}") from None
+        raise ChildCrashed("pool children kept dying before the job could be sent to one")
+
+    def _read(self, child: ThreadedChild) -> None:
+        """The reader thread of one child: delivers replies, then handles the child's end."""
+        conn = child.conn
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception:  # a reply the parent cannot unpickle: its job fails at its timeout
+                log.exception("hybrid: unreadable reply from pool child %d", child.pid)
+                continue
+            stop_now = False
+            with self.cond:
+                call = child.inflight.pop(msg[0], None)
+                child.jobs_done += 1
+                cfg = self.config
+                if cfg.max_jobs_per_child and child.jobs_done >= cfg.max_jobs_per_child and child.state == "live":
+                    self._retire(child, "max_jobs")
+                if child.state == "retiring" and not child.inflight:
+                    child.state = "stopping"
+                    stop_now = True
+                self.cond.notify_all()
+            if call is not None:
+                call.reply = msg
+                call.event.set()
+            if stop_now:
+                with child.send_lock, contextlib.suppress(OSError, ValueError):
+                    conn.send(None)
+        self._exited(child)
+
+    def _retire(self, child: ThreadedChild, reason: str) -> None:
+        """Stop giving ``child`` work, start its replacement; it stops once its calls end (holds cond)."""
+        if child.state != "live":
+            return
+        child.state = "retiring"
+        self.retiring.append(child)
+        for i, c in enumerate(self.children):
+            if c is child:
+                self.children[i] = None if self.closing else self._spawn()
+        self.children_replaced += 1
+        self._event("child_replaced", reason=reason)
+
+    def _exited(self, child: ThreadedChild) -> None:
+        child.process.join(5)
+        code = child.process.exitcode
+        with self.cond:
+            calls = list(child.inflight.values())
+            child.inflight.clear()
+            expected = child.state == "stopping" and not calls
+            child.death = Death(child.pid, code, len(calls))
+            child.state = "dead"
+            if child in self.retiring:
+                self.retiring.remove(child)
+            replace = [i for i, c in enumerate(self.children) if c is child]
+            if not expected and child.kill_reason != "cold_stop":
+                reason = child.kill_reason or "crashed"
+                if reason == "crashed":
+                    log.warning(
+                        "hybrid pool child %d died (%s) with %d job(s) in flight",
+                        child.pid,
+                        describe_exit(code),
+                        len(calls),
+                    )
+                if replace or calls:
+                    self.children_replaced += 1
+                    self._event("child_replaced", reason=reason)
+            for i in replace:
+                if self.closing:
+                    self.children[i] = None
+                    continue
+                try:
+                    self.children[i] = self._spawn()
+                except Exception:
+                    log.exception("hybrid: could not start a replacement pool child (will retry)")
+                    self.children[i] = None
+            self.cond.notify_all()
+        with contextlib.suppress(OSError):
+            child.conn.close()
+        for call in calls:
+            call.event.set()  # reply None: the child died with it
+
+    def _kill_overdue(self, call: Call) -> int | None:
+        """Kill the child running overdue ``call``; returns how many other jobs it was running.
+
+        None when the call's reply (or the child's death) came first.
+        """
+        child = call.child
+        with self.cond:
+            if call.id not in child.inflight:
+                return None
+            child.overdue.add(call.id)
+            if child.kill_reason is None:
+                child.kill_reason = "timed_out"
+            others = len(child.inflight) - len(child.overdue)
+        child.kill()
+        return others
+
+    # ------------------------------------------------------------------ the strategy interface
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.slots.submit(work)
+
+    def current_token(self) -> object:
+        return self.slots.current()
+
+    def pool_of(self, job: Job) -> str:
+        return self.name
+
+    def perform(self, job: Job, timeout: float) -> Any:
+        slot = self.slots.current()
+        if slot is None:
+            raise RuntimeError("HybridStrategy.perform called outside a pool slot")
+        deadline = time.monotonic() + timeout
+        call = self._dispatch(job)
+        slot.extra["call"] = call
+        try:
+            if not call.event.wait(timeout):
+                others = self._kill_overdue(call)
+                if others is not None:
+                    raise _timeout_error(
+                        timeout,
+                        f"pool child {call.child.pid} was killed"
+                        + (f" ({others} job(s) running beside it re-queued)" if others > 0 else ""),
+                    )
+                call.event.wait(10)
+        finally:
+            slot.extra.pop("call", None)
+        reply = call.reply
+        if reply is None:
+            return self._after_death(job, call, slot, deadline, timeout)
+        self._after_reply(call.child)
+        if reply[1] == "ok":
+            return reply[2]
+        _, _, type_name, message, tb = reply
+        raise _remote_error(type_name, message, tb)
+
+    def _after_reply(self, child: ThreadedChild) -> None:
+        limit = self.config.max_child_memory_mb
+        if not limit or child.state != "live":
+            return
+        try:
+            import psutil
+
+            rss = psutil.Process(child.pid).memory_info().rss
+        except Exception:
+            return
+        if rss > limit * 1024 * 1024:
+            log.warning(
+                "hybrid pool child %d uses %.0f MiB > WORKER_MAX_CHILD_MEMORY_MB=%g: replacing it once its "
+                "running jobs end",
+                child.pid,
+                rss / 2**20,
+                limit,
+            )
+            stop_now = False
+            with self.cond:
+                self._retire(child, "memory")
+                if child.state == "retiring" and not child.inflight:
+                    child.state = "stopping"
+                    stop_now = True
+            if stop_now:
+                with child.send_lock, contextlib.suppress(OSError, ValueError):
+                    child.conn.send(None)
+
+    def _after_death(self, job: Job, call: Call, slot: Slot, deadline: float, timeout: float) -> Any:
+        child = call.child
+        death = child.death or Death(child.pid, child.process.exitcode, 1)
+        if call.id in child.overdue or time.monotonic() >= deadline:
+            raise _timeout_error(timeout, f"pool child {death.pid} was killed")
+        if child.kill_reason == "timed_out":
+            raise RequeueJob(
+                f"pool child {death.pid} was killed to stop an overdue job running beside this one; "
+                "this job did nothing wrong and was re-queued"
+            )
+        if child.kill_reason == "cold_stop" or self.closing:
+            raise RequeueJob(f"cold stop: pool child {death.pid} was killed; the job was re-queued")
+        if death.in_flight <= 1:
+            raise ChildCrashed(f"pool child {death.pid} died while running the job: {describe_exit(death.exitcode)}")
+        return self._isolate(job, slot, deadline, timeout, death)
+
+    def _isolate(self, job: Job, slot: Slot, deadline: float, timeout: float, death: Death) -> Any:
+        """Re-run a crash suspect alone in a one-job child: the culprit crashes again, the others finish."""
+        first = f"pool child {death.pid} died ({describe_exit(death.exitcode)}) with {death.in_flight} jobs in flight"
+        log.info("hybrid: %s; re-running job %s alone in a fresh child to find the culprit", first, job.id)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _timeout_error(timeout, first)
+        with self.cond:
+            if self.closing:
+                raise RequeueJob(f"{first}; the worker is stopping, so the job was re-queued")
+            solo = MeasuredChild(self.ctx)
+            self.solos[solo.pid] = solo
+        slot.extra["solo"] = solo
+        try:
+            value, _, _ = _solo_call(solo, job, remaining)
+            return value
+        except JobTimeoutException:
+            solo.kill()
+            raise _timeout_error(timeout, f"{first}; its re-run alone in pool child {solo.pid} was killed") from None
+        except _SoloDied as d:
+            reason = self.solo_reasons.pop(d.pid, None)
+            if reason == "timed_out":
+                raise _timeout_error(timeout, f"its re-run alone in pool child {d.pid} was killed") from None
+            if reason == "cold_stop":
+                raise RequeueJob(f"cold stop: pool child {d.pid} was killed; the job was re-queued") from None
+            raise ChildCrashed(
+                f"pool child {d.pid} died while running the job alone: {describe_exit(d.exitcode)} "
+                f"(re-run in isolation after {first})"
+            ) from None
+        finally:
+            slot.extra.pop("solo", None)
+            with self.cond:
+                self.solos.pop(solo.pid, None)
+            if solo.alive():
+                solo.stop()
+            else:
+                solo.kill()
+
+    def abandon(self, slot_token: object) -> bool:
+        # perform() kills an overdue child itself; this is the monitor's fallback.
+        if not isinstance(slot_token, Slot):
+            return False
+        call = slot_token.extra.get("call")
+        if isinstance(call, Call):
+            self._kill_overdue(call)
+            return True
+        solo = slot_token.extra.get("solo")
+        if isinstance(solo, PoolChild):
+            self.solo_reasons[solo.pid] = "timed_out"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(solo.pid, signal.SIGKILL)
+            return True
+        return False
+
+    def kill_running(self) -> None:
+        with self.cond:
+            self.closing = True
+            children = [c for c in (*self.children, *self.retiring) if c is not None and c.state != "dead"]
+            for c in children:
+                if c.kill_reason is None:
+                    c.kill_reason = "cold_stop"
+            solos = list(self.solos.values())
+            for s in solos:
+                self.solo_reasons[s.pid] = "cold_stop"
+        for c in children:
+            c.kill()
+        for s in solos:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(s.pid, signal.SIGKILL)
+
+    def child_pids(self) -> list[int]:
+        with self.cond:
+            kids = [c for c in (*self.children, *self.retiring) if c is not None and c.state != "dead"]
+            return [c.pid for c in kids if c.pid] + [p for p in self.solos if p]
+
+    def shutdown(self, wait: bool, timeout: float | None = None) -> None:
+        with self.cond:
+            self.closing = True
+        self.slots.shutdown(wait, timeout)
+        with self.cond:
+            children = [c for c in (*self.children, *self.retiring) if c is not None and c.state != "dead"]
+            for c in children:
+                c.state = "stopping"
+        for c in children:
+            if wait:
+                with c.send_lock, contextlib.suppress(OSError, ValueError):
+                    c.conn.send(None)
+            else:
+                c.kill()
+        deadline = time.monotonic() + (timeout if timeout is not None else 5.0)
+        for c in children:
+            c.process.join(max(0.0, deadline - time.monotonic()))
+            if c.process.is_alive():
+                c.kill()
+                c.process.join(2)
+            c.reader.join(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# auto: learning and routing
+
+# A function goes to the process pool when its CPU time / wall time reaches CPU_RATIO and back to
+# the thread pool when it falls below IO_RATIO (hysteresis: a function near the line does not
+# flap). With P single-job children and one GIL, a job of CPU c and wait w is served faster in the
+# threads (up to 1/c a second, bounded by the GIL) than in the children (P/(c+w)) when
+# c/(c+w) < 1/P: 0.5 on a 2-CPU machine. The threshold is that figure, not a tuned constant.
+CPU_RATIO = 0.5
+IO_RATIO = 0.4
+# Below this much CPU per job, a process hop (pickling, a pipe round trip, the parent's own
+# lifecycle work of ~2 ms per job) costs more than the GIL time it would save.
+MIN_CPU_SECONDS = 0.002
+PROBE_RUNS = 2  # runs of a new function measured in a process child before it is classed
+REPROBE_EVERY = 200  # an io function is re-measured in a free process child every this many runs
+EWMA_ALPHA = 0.3
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else old + EWMA_ALPHA * (new - old)
+
+
+@dataclass
+class Profile:
+    """What auto learned about one function."""
+
+    klass: str | None = None  # cpu, io, or None while it is measured
+    process_ratio: float | None = None  # EWMA of CPU/wall measured in a process child (clean)
+    process_cpu: float | None = None  # EWMA of CPU seconds per run, in a process child
+    thread_ratio: float | None = None  # EWMA of CPU/wall in a thread (understated under GIL contention)
+    thread_cpu: float | None = None
+    process_runs: int = 0
+    thread_runs: int = 0
+    since_probe: int = 0
+
+
+@dataclass(frozen=True)
+class Route:
+    pool: str  # "process" or "thread": where the job should run
+    overflow: bool  # may run in the other pool when its own is full (learned io functions only)
+    reason: str
+    probe: bool = False  # an io function re-measured in a process: only if one is free now
+
+
+class Router:
+    """Per-function CPU/wall profiles and the routing rule (thread-safe)."""
+
+    def __init__(self, on_change: Callable[[str, str | None, str, Profile], None] | None = None) -> None:
+        self.lock = threading.Lock()
+        self.profiles: dict[str, Profile] = {}
+        self.declared: dict[str, str | None] = {}
+        self.on_change = on_change
+        self._bad_hints: set[str] = set()
+
+    @staticmethod
+    def describe_rule() -> str:
+        return (
+            f"a function runs in a process when its CPU time / wall time >= {CPU_RATIO:g} and it uses >= "
+            f"{MIN_CPU_SECONDS * 1000:g} ms CPU per job, in a thread otherwise (back to threads below "
+            f"{IO_RATIO:g}); a new function is measured in a process first ({PROBE_RUNS} runs); an I/O-bound "
+            f"function overflows into a free process when the threads are full; hints win: "
+            f"job.meta['{HINT_META_KEY}'] = 'cpu'|'io', or @worker.composite.cpu_bound / @io_bound"
+        )
+
+    def _declared_hint(self, func_name: str) -> str | None:
+        """The hint on the function itself (decorator), imported once per name in this process."""
+        with self.lock:
+            if func_name in self.declared:
+                return self.declared[func_name]
+        hint: str | None = None
+        try:
+            from rq.utils import import_attribute
+
+            hint = parse_hint(getattr(import_attribute(func_name), HINT_ATTRIBUTE, None))
+        except Exception:  # the job itself will report the import error where it runs
+            hint = None
+        with self.lock:
+            self.declared[func_name] = hint
+        return hint
+
+    def route(self, job: Job) -> Route:
+        meta = job.meta.get(HINT_META_KEY) if isinstance(job.meta, dict) else None
+        if meta is not None:
+            hint = parse_hint(meta)
+            if hint is not None:
+                return Route(POOL_OF_CLASS[hint], False, f"hint job.meta[{HINT_META_KEY!r}]={meta!r}")
+            if str(meta) not in self._bad_hints and len(self._bad_hints) < 100:
+                self._bad_hints.add(str(meta))
+                log.warning("auto: ignoring job.meta[%r]=%r (expected 'cpu' or 'io')", HINT_META_KEY, meta)
+        func_name = str(job.func_name)
+        hint = self._declared_hint(func_name)
+        if hint is not None:
+            return Route(POOL_OF_CLASS[hint], False, f"declared {hint}-bound")
+        with self.lock:
+            p = self.profiles.setdefault(func_name, Profile())
+            if p.klass is None:
+                return Route("process", False, "new function: measured in a process")
+            if p.klass == CPU:
+                return Route("process", False, "learned cpu")
+            p.since_probe += 1
+            if p.since_probe >= REPROBE_EVERY:
+                p.since_probe = 0
+                return Route("thread", True, "learned io (re-measured in a process)", probe=True)
+            return Route("thread", True, "learned io")
+
+    def observe(self, func_name: str, pool: str, cpu: float, wall: float) -> None:
+        """One finished run: ``cpu`` and ``wall`` seconds where it ran (a thread or a process child)."""
+        if wall <= 0:
+            return
+        ratio = min(1.0, max(0.0, cpu / wall))
+        with self.lock:
+            p = self.profiles.setdefault(func_name, Profile())
+            if pool == "process":
+                p.process_runs += 1
+                p.process_ratio = _ewma(p.process_ratio, ratio)
+                p.process_cpu = _ewma(p.process_cpu, cpu)
+            else:
+                p.thread_runs += 1
+                p.thread_ratio = _ewma(p.thread_ratio, ratio)
+                p.thread_cpu = _ewma(p.thread_cpu, cpu)
+            old = p.klass
+            new = self._classify(p)
+            if new == old:
+                return
+            p.klass = new
+            p.since_probe = 0
+            snapshot = Profile(**vars(p))
+        if self.on_change is not None and new is not None:
+            self.on_change(func_name, old, new, snapshot)
+
+    @staticmethod
+    def _classify(p: Profile) -> str | None:
+        old = p.klass
+        measured = old is not None or p.process_runs >= PROBE_RUNS
+        if p.process_ratio is not None and p.process_cpu is not None and measured:
+            heavy = p.process_ratio >= CPU_RATIO and p.process_cpu >= MIN_CPU_SECONDS
+            light = p.process_ratio < IO_RATIO or p.process_cpu < MIN_CPU_SECONDS / 2
+            if old is None:
+                return CPU if heavy else IO
+            if old == CPU and light:
+                return IO
+            if old == IO and heavy:
+                return CPU
+        if (
+            old == IO
+            and p.thread_ratio is not None
+            and p.thread_cpu is not None
+            and p.thread_ratio >= CPU_RATIO
+            and p.thread_cpu >= MIN_CPU_SECONDS
+        ):
+            return CPU  # CPU-heavy even though a thread understates it
+        return old
+
+
+@dataclass(eq=False)
+class ChildSlot:
+    """One slot of auto's process pool: a one-job child, busy or free."""
+
+    index: int
+    child: PoolChild
+    busy: bool = False
+
+
+class AutoStrategy(Strategy):
+    """A thread pool and a process pool in one worker; each job goes where its function runs best."""
+
+    name = "auto"
+    advice = (
+        "threads and processes in one worker: each function is measured (CPU time / wall time) and routed, "
+        "CPU-bound ones to processes, I/O-bound ones to threads; hints: job.meta['poolq_hint']='cpu'|'io' or "
+        "@worker.composite.cpu_bound/io_bound"
+    )
+
+    @classmethod
+    def size(cls, config: StrategyConfig) -> int:
+        return auto_layout(config)[2]
+
+    def __init__(self, config: StrategyConfig, hooks: Hooks | None = None) -> None:
+        super().__init__(config, hooks)
+        self.n_threads, self.n_processes, _ = auto_layout(config)
+        self.ctx: ForkServerContext = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(_preload(config))
+        self.slots = SlotThreads(self.capacity, "poolq-auto")
+        self.cond = threading.Condition()
+        self.free_threads = self.n_threads
+        self.children: list[ChildSlot] = []
+        self.unplaced = 0  # dequeued jobs not yet running in a sub-pool (the dequeue loop waits for 0)
+        self.blocked_for_process = 0  # of those, jobs waiting for a process slot
+        self.kill_reasons: dict[int, str] = {}
+        self.stopping = False
+        self.router = Router(self._class_changed)
+        self.routed: dict[str, int] = {"thread": 0, "process": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        with self.cond:
+            self.children = [ChildSlot(i, MeasuredChild(self.ctx)) for i in range(self.n_processes)]
+        self.slots.start()
+        log.info(
+            "auto: a thread pool of %d and a process pool of %d (%d jobs at once); rule: %s",
+            self.n_threads,
+            self.n_processes,
+            self.capacity,
+            self.router.describe_rule(),
+        )
+
+    def _class_changed(self, func_name: str, old: str | None, new: str, p: Profile) -> None:
+        def fmt(ratio: float | None, cpu: float | None, runs: int) -> str:
+            if ratio is None or cpu is None:
+                return "not measured"
+            return f"{ratio:.2f} ({cpu * 1000:.1f} ms CPU per job, {runs} run(s))"
+
+        log.info(
+            "auto: %s is now %s-bound -> runs in %s (was: %s); CPU/wall in a process %s, in a thread %s",
+            func_name,
+            new,
+            "processes" if new == CPU else "threads",
+            "new" if old is None else f"{old}-bound",
+            fmt(p.process_ratio, p.process_cpu, p.process_runs),
+            fmt(p.thread_ratio, p.thread_cpu, p.thread_runs),
+        )
+        self._event("route_changed", function=func_name, pool=POOL_OF_CLASS[new])
+
+    def submit(self, work: Callable[[], None]) -> None:
+        with self.cond:
+            self.unplaced += 1
+
+        def run() -> None:
+            slot = self.slots.current()
+            if slot is not None:
+                slot.extra["unplaced"] = True
+            try:
+                work()
+            finally:  # a job that never reached perform() (rejected, Redis trouble) is "placed" too
+                if slot is None or slot.extra.pop("unplaced", False):
+                    self._placed()
+
+        self.slots.submit(run)
+
+    def _placed(self) -> None:
+        with self.cond:
+            self.unplaced -= 1
+            self.cond.notify_all()
+
+    def current_token(self) -> object:
+        return self.slots.current()
+
+    def admit(self, timeout: float) -> bool:
+        """Dequeue only once the job dequeued before holds its place (see the module docstring)."""
+        with self.cond:
+            if self.unplaced == 0:
+                return True
+            self.cond.wait(timeout)
+            return self.unplaced == 0
+
+    def pool_of(self, job: Job) -> str:
+        return str(getattr(job, POOL_ATTRIBUTE, self.name))
+
+    # ------------------------------------------------------------------ placing a job
+
+    def _free_child(self) -> ChildSlot | None:
+        for cs in self.children:
+            if not cs.busy:
+                return cs
+        return None
+
+    def _acquire(self, slot: Slot, route: Route, deadline: float, timeout: float) -> ChildSlot | None:
+        """Take a place for the job: a child (returned) or a thread token (None). Waits if full."""
+        waiting = False
+        try:
+            with self.cond:
+                while True:
+                    if self.stopping:
+                        raise RequeueJob("the worker is stopping; the job was not started and is re-queued")
+                    if route.pool == "process" or (route.probe and self.blocked_for_process == 0):
+                        cs = self._free_child()
+                        if cs is not None:
+                            cs.busy = True
+                            return cs
+                    if route.pool == "thread" and self.free_threads > 0:
+                        self.free_threads -= 1
+                        return None
+                    if route.pool == "thread" and route.overflow and self.blocked_for_process == 0:
+                        cs = self._free_child()
+                        if cs is not None:
+                            cs.busy = True
+                            return cs
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise _timeout_error(timeout, f"no {route.pool} slot became free within it")
+                    if not waiting and route.pool == "process":
+                        waiting = True
+                        self.blocked_for_process += 1
+                    self.cond.wait(min(left, 0.25))
+        finally:
+            with self.cond:
+                if waiting:
+                    self.blocked_for_process -= 1
+                if slot.extra.pop("unplaced", False):
+                    self.unplaced -= 1
+                self.cond.notify_all()
+
+    def _release_thread(self, slot: Slot) -> None:
+        with self.cond:
+            if slot.extra.pop("thread_token", False):
+                self.free_threads += 1
+                self.cond.notify_all()
+
+    def _release_child(self, cs: ChildSlot) -> None:
+        with self.cond:
+            cs.busy = False
+            self.cond.notify_all()
+
+    def _replace(self, cs: ChildSlot, reason: str) -> None:
+        cs.child.kill()
+        if not self.stopping:
+            cs.child = MeasuredChild(self.ctx)
+        self.children_replaced += 1
+        self._event("child_replaced", reason=reason)
+
+    # ------------------------------------------------------------------ running it
+
+    def perform(self, job: Job, timeout: float) -> Any:
+        slot = self.slots.current()
+        if slot is None:
+            raise RuntimeError("AutoStrategy.perform called outside a pool slot")
+        deadline = time.monotonic() + timeout
+        route = self.router.route(job)
+        cs = self._acquire(slot, route, deadline, timeout)
+        pool = "thread" if cs is None else "process"
+        setattr(job, POOL_ATTRIBUTE, pool)  # read by pool_of(): the metrics' pool label
+        with self.cond:
+            self.routed[pool] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("auto: job %s (%s) -> %s (%s)", job.id, job.func_name, pool, route.reason)
+        if cs is None:
+            return self._perform_in_thread(job, slot)
+        return self._perform_in_child(job, slot, cs, deadline, timeout)
+
+    def _perform_in_thread(self, job: Job, slot: Slot) -> Any:
+        slot.extra["thread_token"] = True
+        slot.extra["where"] = "thread"
+        t0_cpu, t0_wall, s0 = time.thread_time(), time.perf_counter(), _schedstat()
+        ok = False
+        try:
+            value = job.perform()
+            ok = True
+            return value
+        finally:
+            cpu = time.thread_time() - t0_cpu
+            wall = time.perf_counter() - t0_wall - _runqueue_wait(s0)
+            slot.extra.pop("where", None)
+            self._release_thread(slot)
+            if ok:
+                self.router.observe(str(job.func_name), "thread", cpu, wall)
+
+    def _perform_in_child(self, job: Job, slot: Slot, cs: ChildSlot, deadline: float, timeout: float) -> Any:
+        slot.extra["child"] = cs
+        try:
+            child = cs.child
+            if not child.alive():
+                self._replace(cs, "crashed")
+                child = cs.child
+            t0 = time.perf_counter()
+            remaining = max(0.001, deadline - time.monotonic())
+            try:
+                value, cpu, waited = _solo_call(child, job, remaining)
+            except JobTimeoutException:
+                pid = child.pid
+                self._replace(cs, "timed_out")
+                raise _timeout_error(timeout, f"pool child {pid} was killed") from None
+            except _SoloDied as d:
+                reason = self.kill_reasons.pop(d.pid, None)
+                self._replace(cs, "crashed" if reason is None else reason)
+                if reason == "timed_out":
+                    raise _timeout_error(timeout, f"pool child {d.pid} was killed") from None
+                if reason == "cold_stop":
+                    raise RequeueJob(f"cold stop: pool child {d.pid} was killed; the job was re-queued") from None
+                raise ChildCrashed(
+                    f"pool child {d.pid} died while running the job: {describe_exit(d.exitcode)}"
+                ) from None
+            except ChildCrashed:
+                self._replace(cs, "crashed")
+                raise
+            wall = time.perf_counter() - t0 - waited
+            child.jobs_done += 1
+            self._after_job(cs)
+            self.router.observe(str(job.func_name), "process", cpu, wall)
+            return value
+        finally:
+            slot.extra.pop("child", None)
+            self._release_child(cs)
+
+    def _after_job(self, cs: ChildSlot) -> None:
+        cfg = self.config
+        child = cs.child
+        if cfg.max_jobs_per_child and child.jobs_done >= cfg.max_jobs_per_child:
+            child.stop()
+            cs.child = MeasuredChild(self.ctx)
+            self.children_replaced += 1
+            self._event("child_replaced", reason="max_jobs")
+        elif cfg.max_child_memory_mb:
+            try:
+                import psutil
+
+                rss = psutil.Process(child.pid).memory_info().rss
+            except Exception:
+                return
+            if rss > cfg.max_child_memory_mb * 1024 * 1024:
+                log.warning(
+                    "auto pool child %d uses %.0f MiB > WORKER_MAX_CHILD_MEMORY_MB=%g: replacing it",
+                    child.pid,
+                    rss / 2**20,
+                    cfg.max_child_memory_mb,
+                )
+                child.stop()
+                cs.child = MeasuredChild(self.ctx)
+                self.children_replaced += 1
+                self._event("child_replaced", reason="memory")
+
+    def abandon(self, slot_token: object) -> bool:
+        if not isinstance(slot_token, Slot):
+            return False
+        cs = slot_token.extra.get("child")
+        if isinstance(cs, ChildSlot):
+            # perform() normally kills an overdue child itself; this is the fallback.
+            self.kill_reasons[cs.child.pid] = "timed_out"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(cs.child.pid, signal.SIGKILL)
+            return True
+        if slot_token.extra.get("where") == "thread" and not slot_token.retired:
+            # As the thread strategy: a thread cannot be killed. Its job is failed by the caller,
+            # the thread is dropped when the function returns, and a fresh one takes its place
+            # (its place in the thread pool too, so the pool keeps its size).
+            self._release_thread(slot_token)
+            self.slots.retire(slot_token)
+            self.runaway_threads += 1
+            self._event("runaway_thread")
+            log.warning(
+                "auto: a thread job overran its timeout and cannot be killed; a replacement thread was started "
+                "(%d runaway so far)",
+                self.runaway_threads,
+            )
+        return False
+
+    def kill_running(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+            children = [cs.child for cs in self.children]
+        for child in children:
+            if child.alive():
+                self.kill_reasons[child.pid] = "cold_stop"
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)
+
+    def child_pids(self) -> list[int]:
+        with self.cond:
+            return [cs.child.pid for cs in self.children if cs.child.pid]
+
+    def shutdown(self, wait: bool, timeout: float | None = None) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.slots.shutdown(wait, timeout)
+        for cs in self.children:
+            if wait:
+                cs.child.stop()
+            else:
+                cs.child.kill()
+        if self.routed["thread"] or self.routed["process"]:
+            log.info(
+                "auto: %d job(s) ran in threads, %d in processes; classes: %s",
+                self.routed["thread"],
+                self.routed["process"],
+                ", ".join(f"{f}={p.klass or '?'}" for f, p in sorted(self.router.profiles.items())) or "-",
+            )
+
+
+STRATEGIES["hybrid"] = HybridStrategy
+STRATEGIES["auto"] = AutoStrategy
