@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import start_worker, stop, worker_env
-from metrics_helpers import PrometheusServer, free_port
+from metrics_helpers import PrometheusServer, free_port, http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -185,4 +185,7 @@ def test_recording_rules_evaluate(scraped: PrometheusServer) -> None:
     rules = yaml.safe_load(RULES.read_text())
     records = [r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r]
     counts = _wait_all(scraped, records, timeout=120)
-    assert all(counts.values()), counts
+    rules_state = json.loads(http_get(f"{scraped.url}/api/v1/rules"))["data"]["groups"]
+    health = {r["name"]: (r["health"], r.get("lastError", "")) for g in rules_state for r in g["rules"]}
+    assert all(h == "ok" for h, _ in health.values()), health
+    assert all(counts.values()), (counts, health, scraped.log_tail())
