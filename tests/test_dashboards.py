@@ -117,7 +117,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iter
             "--rate",
             "10",
             "--duration",
-            "120",
+            "900",
             "--redis-url",
             url,
         ],
