@@ -1,0 +1,224 @@
+"""PNG charts of an experiment (matplotlib, Agg backend: no display needed).
+
+- ``throughput.png``: jobs/s per strategy per workload (median bar, min-max whisker);
+- ``latency_cdf.png``: end-to-end latency CDF per strategy, one panel per workload (every job
+  of every repeat, from ``jobs.csv``);
+- ``memory.png``: peak and idle PSS of the worker tree per strategy per workload;
+- ``timeouts.png``: CPU seconds of the worker tree around a job that overran its timeout.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+SHADES = {
+    "thread": ("#1f77b4", "#9ecae1", "#08306b", "#4292c6"),
+    "process": ("#d62728", "#fcae91", "#67000d", "#fb6a4a"),
+    "inline": ("#7f7f7f", "#bdbdbd", "#404040", "#969696"),
+}
+_ASSIGNED: dict[str, str] = {}
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['strategy']}x{row['concurrency']}"
+
+
+def _color(label: str) -> str:
+    """One colour per strategy, a different shade per size (stable within a run)."""
+    if label not in _ASSIGNED:
+        strategy = label.split("x")[0]
+        shades = SHADES.get(strategy, ("#2ca02c", "#98df8a", "#00441b", "#41ab5d"))
+        used = sum(1 for k in _ASSIGNED if k.split("x")[0] == strategy)
+        _ASSIGNED[label] = shades[used % len(shades)]
+    return _ASSIGNED[label]
+
+
+def _configs(summary: list[dict[str, Any]]) -> list[str]:
+    order = {s: i for i, s in enumerate(SHADES)}
+    rows = sorted(summary, key=lambda r: (order.get(r["strategy"], 9), int(r["concurrency"])))
+    return list(dict.fromkeys(_label(r) for r in rows))
+
+
+def _bars_on(
+    ax: Any,
+    summary: list[dict[str, Any]],
+    key: str,
+    low: str | None = None,
+    high: str | None = None,
+    marker: str | None = None,
+) -> None:
+    workloads = list(dict.fromkeys(r["workload"] for r in summary))
+    configs = _configs(summary)
+    width = 0.8 / max(1, len(configs))
+    for i, cfg in enumerate(configs):
+        xs, ys, lo, hi, marks = [], [], [], [], []
+        for j, w in enumerate(workloads):
+            row = next((r for r in summary if r["workload"] == w and _label(r) == cfg), None)
+            if row is None or row.get(key) is None:
+                continue
+            y = float(row[key])
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(y)
+            lo.append(y - float(row[low]) if low and row.get(low) is not None else 0.0)
+            hi.append(float(row[high]) - y if high and row.get(high) is not None else 0.0)
+            marks.append(float(row[marker]) if marker and row.get(marker) is not None else math.nan)
+        if not xs:
+            continue
+        ax.bar(xs, ys, width * 0.95, label=cfg, color=_color(cfg))
+        if low or high:
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor="black", capsize=3, linewidth=1)
+        if marker:
+            ax.scatter(xs, marks, marker="_", s=200, color="black", zorder=3)
+    ax.set_xticks(range(len(workloads)))
+    ax.set_xticklabels(workloads)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def memory_chart(out: Path, summary: list[dict[str, Any]]) -> Path:
+    n = max(1, len(dict.fromkeys(r["workload"] for r in summary)))
+    fig, axes = plt.subplots(1, 2, figsize=(max(10.0, 3.2 * n + 3), 4.2))
+    for ax, (peak_key, idle_key, title) in zip(
+        axes,
+        (
+            ("peak_uss_mib", "idle_uss_mib", "USS: memory no other process shares"),
+            ("peak_pss_mib", "idle_pss_mib", "PSS: shared pages divided among their users"),
+        ),
+        strict=True,
+    ):
+        _bars_on(ax, summary, peak_key, marker=idle_key)
+        ax.set_title(title)
+        ax.set_ylabel("MiB, worker tree (bar: peak under load; -: idle)")
+        _legend(ax)
+    fig.suptitle("Memory per strategy")
+    fig.tight_layout()
+    path = out / "memory.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _bars(
+    out: Path,
+    summary: list[dict[str, Any]],
+    key: str,
+    ylabel: str,
+    title: str,
+    name: str,
+    low: str | None = None,
+    high: str | None = None,
+    marker: str | None = None,
+    log_scale: bool = False,
+) -> Path:
+    workloads = list(dict.fromkeys(r["workload"] for r in summary))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(workloads) + 2), 4.2))
+    _bars_on(ax, summary, key, low, high, marker)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if log_scale:
+        ax.set_yscale("log")
+    _legend(ax)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def latency_cdf(out: Path, summary: list[dict[str, Any]]) -> Path | None:
+    jobs_csv = out / "jobs.csv"
+    if not jobs_csv.exists():
+        return None
+    series: dict[tuple[str, str], list[float]] = {}
+    with open(jobs_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["status"] != "finished" or not row["ended_at"] or not row["enqueued_at"]:
+                continue
+            key = (row["workload"], f"{row['strategy']}x{row['concurrency']}")
+            series.setdefault(key, []).append(float(row["ended_at"]) - float(row["enqueued_at"]))
+    workloads = list(dict.fromkeys(r["workload"] for r in summary))
+    if not workloads or not series:
+        return None
+    cols = min(2, len(workloads))
+    rows = math.ceil(len(workloads) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
+    for idx, w in enumerate(workloads):
+        ax = axes[idx // cols][idx % cols]
+        for (wl, cfg), vals in sorted(series.items()):
+            if wl != w or not vals:
+                continue
+            vals.sort()
+            n = len(vals)
+            ax.step(vals, [(i + 1) / n for i in range(n)], where="post", label=cfg, color=_color(cfg))
+        ax.set_xscale("log")
+        ax.set_title(f"{w}: end-to-end latency (enqueued -> ended)")
+        ax.set_xlabel("seconds (log)")
+        ax.set_ylabel("fraction of jobs")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    for idx in range(len(workloads), rows * cols):
+        axes[idx // cols][idx % cols].axis("off")
+    fig.tight_layout()
+    path = out / "latency_cdf.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def timeouts_chart(out: Path, timeouts: list[dict[str, Any]]) -> Path | None:
+    if not timeouts:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    for t in timeouts:
+        line = t.get("cpu_timeline") or []
+        if not line:
+            continue
+        t0 = line[0][1]
+        ax.plot([p[0] for p in line], [p[1] - t0 for p in line], label=t["strategy"], color=_color(t["strategy"]))
+    limit = timeouts[0].get("job_timeout_s")
+    if limit:
+        ax.axvline(float(limit), color="black", linestyle="--", linewidth=1, label=f"job_timeout={limit} s")
+    ax.set_xlabel("seconds since the overdue job started")
+    ax.set_ylabel("CPU seconds of the worker tree")
+    ax.set_title("A job that overruns its timeout: does its code stop?")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.tight_layout()
+    path = out / "timeouts.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_all(out: Path, results: dict[str, Any]) -> list[Path]:
+    summary = results.get("summary") or []
+    paths: list[Path] = []
+    if summary:
+        paths.append(
+            _bars(
+                out, summary, "throughput_jobs_s", "jobs/s (median; whiskers: min-max over repeats)",
+                "Throughput per strategy per workload", "throughput.png", "throughput_min", "throughput_max",
+                log_scale=True,
+            )
+        )  # fmt: skip
+        paths.append(memory_chart(out, summary))
+        cdf = latency_cdf(out, summary)
+        if cdf:
+            paths.append(cdf)
+    tc = timeouts_chart(out, results.get("timeouts") or [])
+    if tc:
+        paths.append(tc)
+    return paths

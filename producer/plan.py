@@ -1,0 +1,316 @@
+"""``python -m producer plan``: replicas, CPUs and memory per strategy for an arrival rate and SLO.
+
+For every measured configuration (strategy x slots per replica) of the workload, from an
+experiment's ``results.json``:
+
+- per-slot service rate ``mu = throughput / slots``, measured with all slots busy (a burst):
+  it includes the queue's own overhead and whatever the slots contend for (one GIL, the CPUs);
+- ``k`` replicas consuming one queue are ``c = k x slots`` servers of one M/M/c queue; ``k`` is
+  the smallest number with a stable queue, utilisation <= ``--max-utilization`` and predicted
+  p95 queue wait <= ``--slo-p95``;
+- CPUs per replica: the cores the worker tree kept busy at saturation, rounded up to 0.5 (never
+  more than the CPUs it was measured with); memory per replica: its peak PSS under load;
+- the cheapest configuration that meets the SLO, cost = CPUs + GiB / ``--gib-per-cpu``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producer.erlang import MMc, mgc_wait_quantile
+from producer.errors import BadInput
+
+MAX_REPLICAS = 10_000
+
+
+@dataclass
+class Option:
+    strategy: str
+    slots: int  # per replica
+    mu: float  # per slot, jobs/s
+    replica_rate: float  # measured jobs/s of one replica at saturation
+    cpu_per_replica: float
+    mem_per_replica_mib: float
+    cs2: float | None
+    measured_cpus: int
+    runs: int
+    count: int
+    problems: list[str]
+    replicas: int = 0
+    rho: float = math.nan
+    p_wait: float = math.nan
+    p95_wait: float = math.nan
+    p95_wait_mgc: float = math.nan
+    mean_wait: float = math.nan
+    feasible: bool = True
+    meets_slo: bool = True
+    why_not: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.strategy}x{self.slots}"
+
+    @property
+    def total_cpus(self) -> float:
+        return self.replicas * self.cpu_per_replica
+
+    @property
+    def total_mem_mib(self) -> float:
+        return self.replicas * self.mem_per_replica_mib
+
+    def cost(self, gib_per_cpu: float) -> float:
+        return self.total_cpus + self.total_mem_mib / 1024.0 / gib_per_cpu
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "slots_per_replica": self.slots,
+            "mu_per_slot": self.mu,
+            "replica_rate": self.replica_rate,
+            "cs2": self.cs2,
+            "replicas": self.replicas,
+            "servers": self.replicas * self.slots,
+            "cpu_per_replica": self.cpu_per_replica,
+            "mem_per_replica_mib": self.mem_per_replica_mib,
+            "total_cpus": self.total_cpus,
+            "total_mem_mib": self.total_mem_mib,
+            "rho": self.rho,
+            "p_wait": self.p_wait,
+            "mean_wait_s": self.mean_wait,
+            "p95_wait_s": self.p95_wait,
+            "p95_wait_mgc_s": self.p95_wait_mgc,
+            "feasible": self.feasible,
+            "meets_slo": self.meets_slo,
+            "why_not": self.why_not,
+            "notes": self.notes,
+        }
+
+
+def _round_up_half(x: float) -> float:
+    return max(0.5, math.ceil(x * 2 - 1e-9) / 2)
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    file = path / "results.json" if path.is_dir() else path
+    try:
+        data: dict[str, Any] = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"--results {path}: no results.json there (run python -m producer experiment first)") from None
+    except (OSError, ValueError) as e:
+        raise BadInput(f"--results {path}: cannot read {file}: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), list):
+        raise BadInput(f"--results {path}: {file} is not an experiment's results.json")
+    return data
+
+
+def options_from(results: dict[str, Any], workload: str) -> list[Option]:
+    rows = [r for r in results["summary"] if r.get("workload") == workload]
+    if not rows:
+        have = sorted({str(r.get("workload")) for r in results["summary"]})
+        raise BadInput(f"the results have no {workload!r} cells (they have: {', '.join(have) or 'none'})")
+    out = []
+    meta_cpus = int(results.get("meta", {}).get("available_cpus") or 1)
+    for r in rows:
+        thr = r.get("throughput_jobs_s")
+        if not thr or thr <= 0:
+            continue
+        slots = int(r["concurrency"])
+        cpus = int(r.get("available_cpus") or meta_cpus)
+        busy = r.get("cores_busy")
+        cpu_per = _round_up_half(float(busy)) if busy is not None else float(cpus)
+        cpu_per = min(cpu_per, float(cpus))
+        mem = r.get("peak_pss_mib")
+        out.append(
+            Option(
+                strategy=str(r["strategy"]),
+                slots=slots,
+                mu=float(thr) / slots,
+                replica_rate=float(thr),
+                cpu_per_replica=cpu_per,
+                mem_per_replica_mib=float(mem) if mem is not None else math.nan,
+                cs2=float(r["run_cv2"]) if r.get("run_cv2") is not None else None,
+                measured_cpus=cpus,
+                runs=int(r.get("runs") or 1),
+                count=int(r.get("count") or 0),
+                problems=list(r.get("problems") or []),
+            )
+        )
+    return out
+
+
+def size(opt: Option, lam: float, slo: float | None, max_util: float) -> None:
+    """Fills in the replicas and predictions of ``opt`` for arrival rate ``lam``."""
+    k = max(1, math.floor(lam / opt.replica_rate) + 1) if opt.replica_rate > 0 else MAX_REPLICAS + 1
+    while k <= MAX_REPLICAS:
+        m = MMc(lam, opt.mu, k * opt.slots)
+        if m.rho <= max_util and m.rho < 1 and (slo is None or m.wait_quantile(0.95) <= slo):
+            break
+        k += 1
+    if k > MAX_REPLICAS:
+        opt.feasible = False
+        opt.why_not = f"more than {MAX_REPLICAS} replicas"
+        return
+    m = MMc(lam, opt.mu, k * opt.slots)
+    opt.replicas = k
+    opt.rho = m.rho
+    opt.p_wait = m.p_wait
+    opt.mean_wait = m.mean_wait
+    opt.p95_wait = m.wait_quantile(0.95)
+    opt.p95_wait_mgc = mgc_wait_quantile(m, 0.95, opt.cs2) if opt.cs2 is not None else math.nan
+
+
+@dataclass
+class Plan:
+    workload: str
+    arrival_rate: float
+    slo_p95: float | None
+    max_cpus: float | None
+    max_util: float
+    gib_per_cpu: float
+    options: list[Option]
+    recommended: Option | None
+    warnings: list[str]
+    assumptions: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "arrival_rate": self.arrival_rate,
+            "slo_p95_s": self.slo_p95,
+            "max_cpus": self.max_cpus,
+            "max_utilization": self.max_util,
+            "gib_per_cpu": self.gib_per_cpu,
+            "options": [o.to_json() for o in self.options],
+            "recommended": self.recommended.to_json() if self.recommended else None,
+            "warnings": self.warnings,
+            "assumptions": self.assumptions,
+        }
+
+
+def make_plan(
+    results: dict[str, Any],
+    workload: str,
+    arrival_rate: float,
+    slo_p95: float | None = None,
+    max_cpus: float | None = None,
+    max_util: float | None = None,
+    gib_per_cpu: float = 4.0,
+) -> Plan:
+    if not math.isfinite(arrival_rate) or arrival_rate <= 0:
+        raise BadInput(f"--arrival-rate must be a positive number of jobs per second, got {arrival_rate:g}")
+    if slo_p95 is not None and (not math.isfinite(slo_p95) or slo_p95 <= 0):
+        raise BadInput(f"--slo-p95 must be a positive number of seconds, got {slo_p95:g}")
+    if max_cpus is not None and (not math.isfinite(max_cpus) or max_cpus <= 0):
+        raise BadInput(f"--max-cpus must be a positive number, got {max_cpus:g}")
+    if max_util is None:
+        max_util = 0.95 if slo_p95 is not None else 0.8
+    if not 0 < max_util < 1:
+        raise BadInput(f"--max-utilization must be between 0 and 1 (exclusive), got {max_util:g}")
+    if gib_per_cpu <= 0:
+        raise BadInput("--gib-per-cpu must be positive")
+    opts = options_from(results, workload)
+    if not opts:
+        raise BadInput(f"no {workload!r} cell finished any job: nothing to plan from")
+    warnings: list[str] = []
+    for o in opts:
+        size(o, arrival_rate, slo_p95, max_util)
+        if max_cpus is not None and o.feasible and o.total_cpus > max_cpus:
+            o.feasible = False
+            o.why_not = f"needs {o.total_cpus:g} CPUs > --max-cpus {max_cpus:g}"
+        if o.problems:
+            o.notes.append("measured with problems: " + "; ".join(o.problems)[:200])
+        if o.replicas > 1:
+            o.notes.append(f"{o.replicas} replicas: extrapolated from one measured replica")
+    meeting = [o for o in opts if o.feasible]
+    recommended = min(meeting, key=lambda o: (o.cost(gib_per_cpu), o.p95_wait)) if meeting else None
+
+    best_measured = max(o.replica_rate for o in opts)
+    all_rates = [float(r["throughput_jobs_s"]) for r in results["summary"] if r.get("throughput_jobs_s")]
+    if arrival_rate > best_measured:
+        warnings.append(
+            f"{arrival_rate:g} jobs/s is more than any one {workload} worker was measured to do "
+            f"({best_measured:,.1f} jobs/s): the plan assumes replicas add up linearly, which the data does not show"
+        )
+    if all_rates and arrival_rate > max(all_rates):
+        warnings.append(
+            f"no cell of these results pushed Redis beyond {max(all_rates):,.0f} jobs/s: at {arrival_rate:g} jobs/s "
+            "Redis (and the producers) may become the bottleneck, which this model ignores"
+        )
+    small = [o.label for o in opts if o.count * o.runs < 100]
+    if small:
+        warnings.append(f"few jobs measured for {', '.join(small)} (< 100): the service rates are rough")
+    shaky = [o.label for o in opts if o.problems]
+    if shaky:
+        warnings.append(f"cells with problems (failed jobs, timeouts) for {', '.join(shaky)}")
+    cs2s = [o.cs2 for o in opts if o.cs2 is not None]
+    if cs2s and max(abs(c - 1.0) for c in cs2s) > 0.5:
+        lo, hi = min(cs2s), max(cs2s)
+        warnings.append(
+            f"measured service times are not exponential (CV² {lo:.2f}..{hi:.2f}, exponential = 1): M/M/c "
+            "over-estimates waits of regular jobs (CV² < 1) and under-estimates heavy tails; see the M/G/c column"
+        )
+    machine = results.get("meta", {}).get("available_cpus")
+    if slo_p95 is not None and recommended is None:
+        warnings.append("no strategy meets the SLO within the limits given")
+    assumptions = [
+        "Arrivals are Poisson at the given rate; one FIFO queue is shared by all replicas (RQ's list); "
+        "every slot of every replica takes the next job as soon as it is free.",
+        "Service times are exponential (M/M/c) with the per-slot rate measured at saturation: throughput of one "
+        "replica / its slots. That rate includes the queue's overhead and the slots' contention (threads share "
+        "one GIL, processes the CPUs): for contended slots the model is pessimistic at low load.",
+        f"A replica gets the CPUs it kept busy when saturated (rounded up to 0.5, at most the {machine} it was "
+        "measured with) and needs its peak PSS under load; replicas scale linearly (no shared bottleneck but Redis, "
+        "which is not modelled).",
+        f"Replicas are added until utilisation <= {max_util:g}"
+        + (f" and the predicted p95 queue wait <= {slo_p95:g} s" if slo_p95 is not None else "")
+        + f"; cost = CPUs + GiB / {gib_per_cpu:g} (a typical cloud price ratio).",
+        "Queue wait is started_at - enqueued_at; end-to-end adds the run time.",
+    ]
+    return Plan(workload, arrival_rate, slo_p95, max_cpus, max_util, gib_per_cpu, opts, recommended, warnings,
+                assumptions)  # fmt: skip
+
+
+def render(plan: Plan) -> str:
+    def num(x: float, fmt: str) -> str:
+        return "—" if x is None or not math.isfinite(x) else format(x, fmt)
+
+    slo = f", SLO p95 queue wait <= {plan.slo_p95:g} s" if plan.slo_p95 is not None else ""
+    cap = f", at most {plan.max_cpus:g} CPUs" if plan.max_cpus is not None else ""
+    lines = [f"Plan for {plan.arrival_rate:g} {plan.workload} jobs/s{slo}{cap}:", ""]
+    head = (
+        f"{'strategy':<12} {'slots':>5} {'mu/slot':>8} {'replicas':>8} {'CPUs':>6} {'memory':>10} "
+        f"{'util':>5} {'P(wait)':>7} {'p95 wait':>9} {'M/G/c p95':>9}  note"
+    )
+    lines += [head, "-" * len(head)]
+    for o in sorted(plan.options, key=lambda o: (not o.feasible, o.cost(plan.gib_per_cpu))):
+        mark = "  <- recommended" if o is plan.recommended else ""
+        note = o.why_not if not o.feasible else ("; ".join(o.notes) if o.notes else "")
+        if not o.replicas:
+            lines.append(f"{o.label:<12} {o.slots:>5} {o.mu:>8.2f} {'—':>8}  {note}")
+            continue
+        lines.append(
+            f"{o.strategy:<12} {o.slots:>5} {o.mu:>8.2f} {o.replicas:>8} {o.total_cpus:>6.1f} "
+            f"{num(o.total_mem_mib, ',.0f') + ' MiB':>10} {o.rho:>5.2f} {o.p_wait:>7.3f} "
+            f"{num(o.p95_wait, '.3f') + ' s':>9} {num(o.p95_wait_mgc, '.3f') + ' s':>9}  {note}{mark}"
+        )
+    lines.append("")
+    if plan.recommended:
+        r = plan.recommended
+        lines.append(
+            f"Recommendation: {r.replicas} x {r.strategy} worker(s) with {r.slots} slot(s) each "
+            f"(--strategy {r.strategy} --concurrency {r.slots}): {r.total_cpus:g} CPUs, "
+            f"{num(r.total_mem_mib, ',.0f')} MiB, utilisation {r.rho:.2f}, predicted p95 queue wait "
+            f"{num(r.p95_wait, '.3f')} s (M/M/c; {num(r.p95_wait_mgc, '.3f')} s with the measured service-time "
+            f"variability, M/G/c)."
+        )
+    else:
+        lines.append("Recommendation: none — no configuration meets the request (see the notes).")
+    lines += ["", "Assumptions:"] + [f"- {a}" for a in plan.assumptions]
+    if plan.warnings:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in plan.warnings]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""Producer configuration: ``REDIS_URL`` and ``PRODUCER_*`` environment variables, flags on top.
+
+| variable | default | meaning |
+|---|---|---|
+| ``REDIS_URL`` | ``redis://127.0.0.1:6379/0`` | Redis to enqueue into |
+| ``PRODUCER_QUEUE`` | ``default`` | queue of ``enqueue`` |
+| ``PRODUCER_BATCH_SIZE`` | ``500`` | jobs per pipeline round trip |
+| ``PRODUCER_PROGRESS`` | ``auto`` | progress bar: ``auto`` (on a terminal), ``bar``, ``lines``, ``off`` |
+| ``PRODUCER_RESULT_TTL_SECONDS`` | ``3600`` | how long finished jobs (and their timestamps) are kept |
+| ``PRODUCER_WORKER_METRICS`` | (none) | experiments against running workers: ``strategy=URL[+URL],...`` |
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ProducerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRODUCER_", extra="ignore", frozen=True)
+
+    redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "PRODUCER_REDIS_URL"))
+    queue: str = "default"
+    batch_size: int = Field(500, ge=1, le=100_000)
+    progress: Literal["auto", "bar", "lines", "off"] = "auto"
+    result_ttl_seconds: int = Field(3600, ge=1)
+    worker_metrics: str = ""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, v: str) -> str:
+        v = v.strip()
+        if not v or any(c.isspace() for c in v):
+            raise ValueError("must be a queue name without spaces")
+        return v
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line for the first invalid value."""
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    name = "REDIS_URL" if field in ("redis_url", "REDIS_URL") else "PRODUCER_" + field.upper().removeprefix("PRODUCER_")
+    return f"invalid configuration: {name}={err.get('input')!r}: {err['msg']}"

@@ -1,0 +1,100 @@
+"""Direct measurement of start-up cost: N threads vs N processes, each until it runs code.
+
+``python -m producer.startup --kind thread|forkserver|spawn|fork --n N`` runs in a fresh
+interpreter (so a forkserver is started from scratch, as in a fresh worker) and prints one
+JSON line: the seconds from "create N" to "all N have run their first line of code", and the
+seconds until all N are joined again. ``forkserver`` preloads ``worker.jobs`` as the worker's
+process pool does. The experiment runs this a few times per kind and reports the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+KINDS = ("thread", "forkserver", "spawn", "fork")
+
+
+def _ready_thread(q: Any, i: int) -> None:
+    q.put(i)
+
+
+def _ready_process(q: Any, i: int) -> None:
+    q.put(i)
+
+
+def measure(kind: str, n: int) -> dict[str, float]:
+    if kind == "thread":
+        import queue
+
+        tq: queue.SimpleQueue[int] = queue.SimpleQueue()
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=_ready_thread, args=(tq, i)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for _ in range(n):
+            tq.get()
+        ready = time.perf_counter() - t0
+        for t in threads:
+            t.join()
+        return {"ready_s": ready, "joined_s": time.perf_counter() - t0}
+    ctx = multiprocessing.get_context(kind)
+    if kind == "forkserver":
+        ctx.set_forkserver_preload(["worker.jobs"])
+    pq = ctx.SimpleQueue()
+    t0 = time.perf_counter()
+    procs = [ctx.Process(target=_ready_process, args=(pq, i)) for i in range(n)]  # type: ignore[attr-defined]
+    for p in procs:
+        p.start()
+    for _ in range(n):
+        pq.get()
+    ready = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    return {"ready_s": ready, "joined_s": time.perf_counter() - t0}
+
+
+def run_fresh(kind: str, n: int, runs: int = 3, timeout: float = 120.0) -> dict[str, Any]:
+    """Median over ``runs`` fresh interpreters of :func:`measure`."""
+    readies, joins = [], []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-m", "producer.startup", "--kind", kind, "--n", str(n)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+        readies.append(float(data["ready_s"]))
+        joins.append(float(data["joined_s"]))
+    return {
+        "kind": kind,
+        "n": n,
+        "runs": runs,
+        "ready_s": statistics.median(readies),
+        "joined_s": statistics.median(joins),
+        "ready_s_all": readies,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m producer.startup", description=__doc__.splitlines()[0])
+    ap.add_argument("--kind", choices=KINDS, required=True)
+    ap.add_argument("--n", type=int, default=2)
+    args = ap.parse_args(argv)
+    if args.n < 1:
+        ap.error("--n must be >= 1")
+    print(json.dumps(measure(args.kind, args.n)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
