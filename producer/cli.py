@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    # Listed for --help; main() hands `demo ...` to producer/demo.py before parsing.
+    sub.add_parser("demo", help="a steady, bounded demo load to every strategy queue (the compose producer)")
     sub.required = True
     workloads = ",".join(WORKLOADS)
 
@@ -109,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--max-cpus", type=float, metavar="C", help="CPUs available in all")
     pl.add_argument("--max-utilization", type=float, metavar="U", help="default 0.95 with an SLO, else 0.8")
     pl.add_argument("--gib-per-cpu", type=float, default=4.0, help="price of 1 CPU in GiB (default: 4)")
+    pl.add_argument(
+        "--model", choices=("mmc", "mgc"), default="mmc",
+        help="size for the SLO with M/M/c (default) or M/G/c (the measured service-time variability)",
+    )  # fmt: skip
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     v = sub.add_parser("validate", help="run the plan's recommendation with Poisson load; predicted vs measured")
@@ -120,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-cpus", type=float, metavar="C")
     v.add_argument("--max-utilization", type=float, metavar="U")
     v.add_argument("--strategy", help="run this option (e.g. thread or thread x4) instead of the recommendation")
+    v.add_argument("--model", choices=("mmc", "mgc"), default="mmc", help="sizing model of the plan (default: mmc)")
     v.add_argument("--seed", type=int, default=1)
     v.add_argument("--out", "-o", type=Path, metavar="DIR", help="default: results/validate-<time>")
     v.add_argument("--redis-url", metavar="URL")
+    v.add_argument("--progress", choices=("auto", "bar", "lines", "off"), help="progress display")
 
     r = sub.add_parser("report", help="redraw report.md and the charts from a results directory")
     r.add_argument("--results", required=True, type=Path, metavar="DIR")
@@ -229,8 +237,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     results = load_results(args.results)
     plan = make_plan(
-        results, args.workload, args.arrival_rate, args.slo_p95, args.max_cpus, args.max_utilization, args.gib_per_cpu
-    )
+        results, args.workload, args.arrival_rate, args.slo_p95, args.max_cpus, args.max_utilization, args.gib_per_cpu,
+        args.model,
+    )  # fmt: skip
     if args.json:
         from producer.experiment import _clean
 
@@ -269,6 +278,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:  # the compose stack's steady demo load: see producer/demo.py
+        from producer import demo
+
+        return demo.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -36,6 +36,7 @@ class Option:
     cpu_per_replica: float
     mem_per_replica_mib: float
     cs2: float | None
+    run_mean_s: float | None
     measured_cpus: int
     runs: int
     count: int
@@ -134,6 +135,7 @@ def options_from(results: dict[str, Any], workload: str) -> list[Option]:
                 cpu_per_replica=cpu_per,
                 mem_per_replica_mib=float(mem) if mem is not None else math.nan,
                 cs2=float(r["run_cv2"]) if r.get("run_cv2") is not None else None,
+                run_mean_s=float(r["run_mean_s"]) if r.get("run_mean_s") else None,
                 measured_cpus=cpus,
                 runs=int(r.get("runs") or 1),
                 count=int(r.get("count") or 0),
@@ -143,12 +145,12 @@ def options_from(results: dict[str, Any], workload: str) -> list[Option]:
     return out
 
 
-def size(opt: Option, lam: float, slo: float | None, max_util: float) -> None:
+def size(opt: Option, lam: float, slo: float | None, max_util: float, model: str = "mmc") -> None:
     """Fills in the replicas and predictions of ``opt`` for arrival rate ``lam``."""
     k = max(1, math.floor(lam / opt.replica_rate) + 1) if opt.replica_rate > 0 else MAX_REPLICAS + 1
     while k <= MAX_REPLICAS:
         m = MMc(lam, opt.mu, k * opt.slots)
-        if m.rho <= max_util and m.rho < 1 and (slo is None or m.wait_quantile(0.95) <= slo):
+        if m.rho <= max_util and m.rho < 1 and (slo is None or _p95(m, opt, model) <= slo):
             break
         k += 1
     if k > MAX_REPLICAS:
@@ -164,6 +166,12 @@ def size(opt: Option, lam: float, slo: float | None, max_util: float) -> None:
     opt.p95_wait_mgc = mgc_wait_quantile(m, 0.95, opt.cs2) if opt.cs2 is not None else math.nan
 
 
+def _p95(m: MMc, opt: Option, model: str) -> float:
+    if model == "mgc" and opt.cs2 is not None:
+        return mgc_wait_quantile(m, 0.95, opt.cs2)
+    return m.wait_quantile(0.95)
+
+
 @dataclass
 class Plan:
     workload: str
@@ -172,6 +180,7 @@ class Plan:
     max_cpus: float | None
     max_util: float
     gib_per_cpu: float
+    model: str
     options: list[Option]
     recommended: Option | None
     warnings: list[str]
@@ -185,6 +194,7 @@ class Plan:
             "max_cpus": self.max_cpus,
             "max_utilization": self.max_util,
             "gib_per_cpu": self.gib_per_cpu,
+            "model": self.model,
             "options": [o.to_json() for o in self.options],
             "recommended": self.recommended.to_json() if self.recommended else None,
             "warnings": self.warnings,
@@ -200,6 +210,7 @@ def make_plan(
     max_cpus: float | None = None,
     max_util: float | None = None,
     gib_per_cpu: float = 4.0,
+    model: str = "mmc",
 ) -> Plan:
     if not math.isfinite(arrival_rate) or arrival_rate <= 0:
         raise BadInput(f"--arrival-rate must be a positive number of jobs per second, got {arrival_rate:g}")
@@ -213,12 +224,14 @@ def make_plan(
         raise BadInput(f"--max-utilization must be between 0 and 1 (exclusive), got {max_util:g}")
     if gib_per_cpu <= 0:
         raise BadInput("--gib-per-cpu must be positive")
+    if model not in ("mmc", "mgc"):
+        raise BadInput(f"--model must be mmc or mgc, got {model!r}")
     opts = options_from(results, workload)
     if not opts:
         raise BadInput(f"no {workload!r} cell finished any job: nothing to plan from")
     warnings: list[str] = []
     for o in opts:
-        size(o, arrival_rate, slo_p95, max_util)
+        size(o, arrival_rate, slo_p95, max_util, model)
         if max_cpus is not None and o.feasible and o.total_cpus > max_cpus:
             o.feasible = False
             o.why_not = f"needs {o.total_cpus:g} CPUs > --max-cpus {max_cpus:g}"
@@ -267,11 +280,16 @@ def make_plan(
         "measured with) and needs its peak PSS under load; replicas scale linearly (no shared bottleneck but Redis, "
         "which is not modelled).",
         f"Replicas are added until utilisation <= {max_util:g}"
-        + (f" and the predicted p95 queue wait <= {slo_p95:g} s" if slo_p95 is not None else "")
+        + (
+            f" and the predicted p95 queue wait <= {slo_p95:g} s "
+            + ("(M/M/c)" if model == "mmc" else "(M/G/c: Erlang C's P(wait), the wait scaled by (1 + CV²) / 2)")
+            if slo_p95 is not None
+            else ""
+        )
         + f"; cost = CPUs + GiB / {gib_per_cpu:g} (a typical cloud price ratio).",
         "Queue wait is started_at - enqueued_at; end-to-end adds the run time.",
     ]
-    return Plan(workload, arrival_rate, slo_p95, max_cpus, max_util, gib_per_cpu, opts, recommended, warnings,
+    return Plan(workload, arrival_rate, slo_p95, max_cpus, max_util, gib_per_cpu, model, opts, recommended, warnings,
                 assumptions)  # fmt: skip
 
 

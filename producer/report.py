@@ -377,11 +377,13 @@ def claims(d: Data) -> list[str]:
     st = d.r.get("startup") or []
     if st:
         parts = []
-        for strat in ("thread", "process", "inline"):
-            rs = [r for r in st if r["strategy"] == strat]
-            if rs:
-                busy = f(_med([r["all_slots_busy_s"] for r in rs]), 2)
-                parts.append(f"{strat}x{rs[0]['concurrency']} all slots busy after {busy} s")
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for r in st:
+            groups.setdefault((r["strategy"], int(r["concurrency"])), []).append(r)
+        order = {"thread": 0, "process": 1, "inline": 2}
+        for (strat, n), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 9))):
+            busy = f(_med([r["all_slots_busy_s"] for r in rs]), 2)
+            parts.append(f"{strat}x{n} all slots busy after {busy} s")
         measured.append(
             "Whole worker, from spawn (interpreter, imports, Redis registration, pool): " + "; ".join(parts) + ". "
             "A pool is started once per worker, so this is paid at deploy/scale-out time, not per job."

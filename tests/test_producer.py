@@ -261,6 +261,16 @@ def test_plan_sizes_each_strategy_minimally() -> None:
     assert any("not exponential" in w for w in plan.warnings)
 
 
+def test_plan_mgc_model_uses_the_measured_variability() -> None:
+    mmc = make_plan(synthetic_results(), "io", 150.0, slo_p95=0.05)
+    mgc = make_plan(synthetic_results(), "io", 150.0, slo_p95=0.05, model="mgc")
+    for a, b in zip(mmc.options, mgc.options, strict=True):
+        assert b.replicas <= a.replicas  # CV^2 < 1: shorter waits than M/M/c predicts
+        assert b.p95_wait_mgc <= 0.05
+    with pytest.raises(BadInput, match="--model"):
+        make_plan(synthetic_results(), "io", 150.0, model="mdc")
+
+
 def test_plan_limits_and_bad_input() -> None:
     plan = make_plan(synthetic_results(), "io", 150.0, slo_p95=0.1, max_cpus=0.5)
     assert plan.recommended is None

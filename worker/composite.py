@@ -42,14 +42,24 @@ auto
        in a thread; the child's ``process_time`` in a process child (one job at a time, so it is
        the job's own CPU). Wall time excludes the time the thread waited for a free core
        (``/proc/thread-self/schedstat``), so an oversubscribed machine does not make CPU-bound
-       code look I/O-bound;
+       code look I/O-bound. A function's first run in each process is not counted: it pays for
+       imports and warm-up (``worker.jobs.cpu`` calibrates its loop then);
     3. a new function is measured in a process first (:data:`PROBE_RUNS` runs): there its ratio
        is clean. In a thread the ratio of CPU-bound code is understated (it also waits for the
-       GIL), so thread measurements can only *raise* a function to ``cpu``; an ``io`` function is
-       re-measured in a free process child every :data:`REPROBE_EVERY` runs;
-    4. an ``io`` function whose thread pool is full may overflow into a free process child
-       (never the reverse: CPU-bound code in the worker's threads would stall every thread on the
-       GIL).
+       GIL), so thread measurements can only *raise* a function to ``cpu``, and only when no
+       process measurement is recent (within the last ``REPROBE_EVERY / 4`` runs); an ``io``
+       function is re-measured in a free process child every :data:`REPROBE_EVERY` runs. When no
+       child frees up within :data:`EARLY_SECONDS`, one job of a new function at a time is
+       measured in a free thread instead (its other jobs wait), so new work never stalls behind
+       long CPU jobs: alone in a thread a CPU-bound function still shows a high ratio, and a low
+       one is only provisional (and that job is not crash-isolated, as any thread job). Jobs of a
+       new function that wait do not wait for a long first run to end: once one has run
+       :data:`EARLY_SECONDS`, its CPU so far / time so far classes the function;
+    4. an ``io`` function that still uses CPU (>= :data:`MIN_CPU_SECONDS` per job, e.g. parse
+       then wait) runs in an *idle* process child when there is one and no ``cpu`` job waits for
+       it: its CPU then leaves the worker's GIL, which the worker's own per-job work needs too.
+       Any ``io`` function overflows into a free child when the thread pool is full. Never the
+       reverse: CPU-bound code in the worker's threads would stall every thread on the GIL.
 
     **Waiting for a full sub-pool.** The dequeue loop holds one semaphore of ``capacity`` =
     threads + processes lifecycle slots, and a job's class is only known once it is dequeued. A
@@ -57,12 +67,14 @@ auto
     sub-pool slot is held only by a job that is running, and a running job needs nothing else to
     finish (or to be stopped at its timeout). It must not prefetch either (jobs held in memory
     while the other sub-pool idles, that another replica could have run): the dequeue loop asks
-    :meth:`AutoStrategy.admit` before each dequeue, which waits until the job dequeued before has
-    been *placed* (it holds a thread or a process slot, or it failed). So at most one job is
-    ever dequeued and not running, and the worker never holds more than ``capacity`` jobs; the
-    bottleneck sub-pool still never idles: the waiting job takes the first slot that frees. The
-    price is that dequeuing job n+1 waits for job n's ``prepare_job_execution`` (one Redis round
-    trip): it caps the dequeue rate of auto at roughly 1 / (4 Redis round trips).
+    :meth:`AutoStrategy.admit` before each dequeue, which holds it while a job waits for a full
+    sub-pool, and while :data:`ADMIT_AHEAD` jobs are *in transit* (dequeued, not yet placed:
+    their class is not known yet). So at most ``ADMIT_AHEAD`` (2) jobs are ever dequeued and not
+    running, and the worker never holds more than ``capacity`` jobs; the bottleneck sub-pool
+    still never idles: a waiting job takes the first slot that frees. (With ``ADMIT_AHEAD`` = 1
+    the loop would wait for each job's ``prepare_job_execution`` before the next dequeue; under a
+    saturated GIL every hand-off costs up to the 5 ms switch interval and that halved the
+    throughput of ``worker.jobs.mixed``.)
 
     Which pool ran a job is exported: :meth:`pool_of` gives the ``pool`` label of the job metrics
     (``thread`` or ``process``); the rule is logged at start and every class change is logged
@@ -310,13 +322,24 @@ class ThreadedChild:
             os.kill(self.pid, signal.SIGKILL)
 
 
+_thread_files = threading.local()
+
+
 def _schedstat() -> tuple[float, float] | None:
-    """(on-CPU, waiting-for-a-CPU) seconds of the calling thread, from /proc/thread-self/schedstat."""
+    """(on-CPU, waiting-for-a-CPU) seconds of the calling thread, from /proc/thread-self/schedstat.
+
+    The file is opened once per thread and re-read with ``pread`` (a few microseconds a job).
+    """
+    fd = getattr(_thread_files, "schedstat", None)
+    if fd == -1:
+        return None
     try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            on_cpu, waiting = f.read().split()[:2]
+        if fd is None:
+            fd = _thread_files.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        on_cpu, waiting = os.pread(fd, 128, 0).split()[:2]
         return int(on_cpu) / 1e9, int(waiting) / 1e9
     except (OSError, ValueError):
+        _thread_files.schedstat = -1  # not available here: do not retry for every job
         return None
 
 
@@ -324,6 +347,43 @@ def _runqueue_wait(before: tuple[float, float] | None) -> float:
     """Seconds the calling thread was runnable but had no CPU since ``before`` (0 if unknown)."""
     after = _schedstat()
     return max(0.0, after[1] - before[1]) if before is not None and after is not None else 0.0
+
+
+def _thread_cpu_reader() -> Callable[[], float | None]:
+    """CPU seconds the calling thread uses from now on, readable from any thread of the process."""
+    try:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        start = time.clock_gettime(clock)
+    except (AttributeError, OSError):
+        return lambda: None
+
+    def read() -> float | None:
+        try:
+            return time.clock_gettime(clock) - start
+        except OSError:  # the thread is gone
+            return None
+
+    return read
+
+
+def _process_cpu_reader(pid: int) -> Callable[[], float | None]:
+    """CPU seconds process ``pid`` uses from now on."""
+    import psutil
+
+    def total() -> float | None:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            return float(t.user + t.system)
+        except psutil.Error:
+            return None
+
+    start = total()
+
+    def read() -> float | None:
+        now = total()
+        return None if now is None or start is None else now - start
+
+    return read
 
 
 def _measured_child_main(conn: multiprocessing.connection.Connection) -> None:
@@ -372,7 +432,7 @@ def _measured_child_main(conn: multiprocessing.connection.Connection) -> None:
 class MeasuredChild(PoolChild):
     """A one-job pool child running :func:`_measured_child_main`."""
 
-    def __init__(self, ctx: ForkServerContext) -> None:  # noqa: D107 - PoolChild with another target
+    def __init__(self, ctx: ForkServerContext) -> None:  # PoolChild's, with another target
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_measured_child_main, args=(child_conn,), daemon=True)
         self.process.start()
@@ -399,9 +459,10 @@ class _SoloDied(Exception):
 def _solo_call(child: PoolChild, job: Job, timeout: float) -> tuple[Any, float, float]:
     """Runs ``job`` in a one-job :class:`PoolChild` (the process strategy's child or a measured one).
 
-    Returns (value, CPU seconds, seconds the child waited for a CPU). Raises ``JobTimeoutException`` (the caller kills the child),
-    :class:`_SoloDied` (EOF: the child died), ``RemoteJobError`` (the job raised), ``ChildCrashed``
-    when the child was gone before the job was sent.
+    Returns (value, CPU seconds, seconds the child waited for a CPU). Raises
+    ``JobTimeoutException`` (the caller kills the child), :class:`_SoloDied` (EOF: the child
+    died), ``RemoteJobError`` (the job raised), ``ChildCrashed`` when the child was gone before
+    the job was sent.
     """
     try:
         child.conn.send((job.func_name, list(job.args), dict(job.kwargs)))
@@ -471,11 +532,11 @@ class HybridStrategy(Strategy):
     def _pick(self) -> ThreadedChild:
         """The live child with the fewest calls in flight (caller holds ``cond``)."""
         while True:
+            if self.closing:
+                raise RequeueJob("the worker is stopping; the job was not started and is re-queued")
             best: ThreadedChild | None = None
             for i, child in enumerate(self.children):
                 if child is None or child.state == "dead":
-                    if self.closing:
-                        continue
                     child = self.children[i] = self._spawn()  # an earlier replacement failed
                 if child.state != "live" or child.kill_reason is not None or child.broken:
                     continue  # dying: its replacement is on its way
@@ -803,8 +864,11 @@ IO_RATIO = 0.4
 # lifecycle work of ~2 ms per job) costs more than the GIL time it would save.
 MIN_CPU_SECONDS = 0.002
 PROBE_RUNS = 2  # runs of a new function measured in a process child before it is classed
+EARLY_SECONDS = 1.0  # a first run this long in progress classes its function (from its CPU so far)
 REPROBE_EVERY = 200  # an io function is re-measured in a free process child every this many runs
 EWMA_ALPHA = 0.3
+# auto: jobs the dequeue loop may have in transit (dequeued, class not known yet); see the docstring.
+ADMIT_AHEAD = 2
 
 
 def _ewma(old: float | None, new: float) -> float:
@@ -823,6 +887,17 @@ class Profile:
     process_runs: int = 0
     thread_runs: int = 0
     since_probe: int = 0
+    thread_runs_since_process: int = 0  # thread runs since the last process measurement
+    thread_probe: bool = False  # a job of this new function is being measured in a thread
+    basis: str = ""  # how the class was decided when it was not from finished runs
+
+
+@dataclass(frozen=True)
+class RunInProgress:
+    """A run of a new function, watched so that its class can be decided before it ends."""
+
+    started: float  # perf_counter
+    cpu: Callable[[], float | None]  # CPU seconds of the run so far (None: cannot tell)
 
 
 @dataclass(frozen=True)
@@ -831,6 +906,8 @@ class Route:
     overflow: bool  # may run in the other pool when its own is full (learned io functions only)
     reason: str
     probe: bool = False  # an io function re-measured in a process: only if one is free now
+    idle_child: bool = False  # an io function that uses CPU: an idle child first, if no cpu job waits
+    new: bool = False  # not classed yet: a process, or one job at a time in a thread
 
 
 class Router:
@@ -842,14 +919,18 @@ class Router:
         self.declared: dict[str, str | None] = {}
         self.on_change = on_change
         self._bad_hints: set[str] = set()
+        self.running: dict[str, dict[int, RunInProgress]] = {}
+        self._run_ids = itertools.count(1)
 
     @staticmethod
     def describe_rule() -> str:
         return (
             f"a function runs in a process when its CPU time / wall time >= {CPU_RATIO:g} and it uses >= "
             f"{MIN_CPU_SECONDS * 1000:g} ms CPU per job, in a thread otherwise (back to threads below "
-            f"{IO_RATIO:g}); a new function is measured in a process first ({PROBE_RUNS} runs); an I/O-bound "
-            f"function overflows into a free process when the threads are full; hints win: "
+            f"{IO_RATIO:g}); a new function is measured in a process first ({PROBE_RUNS} runs; one job at a time "
+            f"in a thread when no process frees up within {EARLY_SECONDS:g} s); an I/O-bound "
+            f"function overflows into a free process when the threads are full, and takes an idle one first if it "
+            f"uses >= {MIN_CPU_SECONDS * 1000:g} ms CPU per job; hints win: "
             f"job.meta['{HINT_META_KEY}'] = 'cpu'|'io', or @worker.composite.cpu_bound / @io_bound"
         )
 
@@ -885,14 +966,85 @@ class Router:
         with self.lock:
             p = self.profiles.setdefault(func_name, Profile())
             if p.klass is None:
-                return Route("process", False, "new function: measured in a process")
+                return Route("process", False, "new function: measured", new=True)
             if p.klass == CPU:
                 return Route("process", False, "learned cpu")
             p.since_probe += 1
             if p.since_probe >= REPROBE_EVERY:
                 p.since_probe = 0
                 return Route("thread", True, "learned io (re-measured in a process)", probe=True)
+            cpu = p.process_cpu if p.process_cpu is not None else p.thread_cpu
+            if cpu is not None and cpu >= MIN_CPU_SECONDS:
+                return Route("thread", True, "learned io, uses CPU: an idle child first", idle_child=True)
             return Route("thread", True, "learned io")
+
+    def start_thread_probe(self, func_name: str) -> bool:
+        """Claim the one thread measurement of a new function (False if one runs already)."""
+        with self.lock:
+            p = self.profiles.setdefault(func_name, Profile())
+            if p.thread_probe or p.klass is not None:
+                return False
+            p.thread_probe = True
+            return True
+
+    def is_new(self, func_name: str) -> bool:
+        with self.lock:
+            p = self.profiles.get(func_name)
+            return p is None or p.klass is None
+
+    def run_started(self, func_name: str, cpu: Callable[[], float | None]) -> int | None:
+        """Watch a run of a new function (returns a handle for :meth:`run_ended`, None if not new)."""
+        with self.lock:
+            p = self.profiles.get(func_name)
+            if p is not None and p.klass is not None:
+                return None
+            rid = next(self._run_ids)
+            self.running.setdefault(func_name, {})[rid] = RunInProgress(time.perf_counter(), cpu)
+            return rid
+
+    def run_ended(self, func_name: str, rid: int | None) -> None:
+        if rid is None:
+            return
+        with self.lock:
+            runs = self.running.get(func_name)
+            if runs is not None:
+                runs.pop(rid, None)
+                if not runs:
+                    del self.running[func_name]
+
+    def early(self, func_name: str) -> bool:
+        """Class a new function from a run in progress for EARLY_SECONDS or more; True if classed now."""
+        with self.lock:
+            p = self.profiles.get(func_name)
+            if p is None or p.klass is not None:
+                return False
+            runs = list(self.running.get(func_name, {}).values())
+        for r in runs:
+            elapsed = time.perf_counter() - r.started
+            cpu = r.cpu() if elapsed >= EARLY_SECONDS else None
+            if cpu is None:
+                continue
+            ratio = min(1.0, max(0.0, cpu / elapsed))
+            if IO_RATIO <= ratio < CPU_RATIO:
+                continue
+            new = IO if ratio < IO_RATIO else CPU
+            with self.lock:
+                if p.klass is not None:
+                    return False
+                p.klass = new
+                p.since_probe = 0
+                p.basis = f"{elapsed:.1f} s into a first run still in progress, CPU/wall so far {ratio:.2f}"
+                snapshot = Profile(**vars(p))
+            if self.on_change is not None:
+                self.on_change(func_name, None, new, snapshot)
+            return True
+        return False
+
+    def end_thread_probe(self, func_name: str) -> None:
+        with self.lock:
+            p = self.profiles.get(func_name)
+            if p is not None:
+                p.thread_probe = False
 
     def observe(self, func_name: str, pool: str, cpu: float, wall: float) -> None:
         """One finished run: ``cpu`` and ``wall`` seconds where it ran (a thread or a process child)."""
@@ -905,8 +1057,10 @@ class Router:
                 p.process_runs += 1
                 p.process_ratio = _ewma(p.process_ratio, ratio)
                 p.process_cpu = _ewma(p.process_cpu, cpu)
+                p.thread_runs_since_process = 0
             else:
                 p.thread_runs += 1
+                p.thread_runs_since_process += 1
                 p.thread_ratio = _ewma(p.thread_ratio, ratio)
                 p.thread_cpu = _ewma(p.thread_cpu, cpu)
             old = p.klass
@@ -915,6 +1069,7 @@ class Router:
                 return
             p.klass = new
             p.since_probe = 0
+            p.basis = ""
             snapshot = Profile(**vars(p))
         if self.on_change is not None and new is not None:
             self.on_change(func_name, old, new, snapshot)
@@ -923,7 +1078,9 @@ class Router:
     def _classify(p: Profile) -> str | None:
         old = p.klass
         measured = old is not None or p.process_runs >= PROBE_RUNS
-        if p.process_ratio is not None and p.process_cpu is not None and measured:
+        fresh = p.thread_runs_since_process < REPROBE_EVERY // 4
+        if p.process_ratio is not None and p.process_cpu is not None and measured and fresh:
+            # Measured in a process, recently: the clean figure decides, alone.
             heavy = p.process_ratio >= CPU_RATIO and p.process_cpu >= MIN_CPU_SECONDS
             light = p.process_ratio < IO_RATIO or p.process_cpu < MIN_CPU_SECONDS / 2
             if old is None:
@@ -932,14 +1089,12 @@ class Router:
                 return IO
             if old == IO and heavy:
                 return CPU
-        if (
-            old == IO
-            and p.thread_ratio is not None
-            and p.thread_cpu is not None
-            and p.thread_ratio >= CPU_RATIO
-            and p.thread_cpu >= MIN_CPU_SECONDS
-        ):
-            return CPU  # CPU-heavy even though a thread understates it
+            return old
+        if p.thread_ratio is not None and p.thread_cpu is not None and old != CPU:
+            if p.thread_ratio >= CPU_RATIO and p.thread_cpu >= MIN_CPU_SECONDS:
+                return CPU  # CPU-heavy even though a thread understates it
+            if old is None and p.thread_runs >= PROBE_RUNS and p.process_runs == 0:
+                return IO  # provisional: measured alone in a thread; a process re-probe checks it
         return old
 
 
@@ -950,6 +1105,9 @@ class ChildSlot:
     index: int
     child: PoolChild
     busy: bool = False
+    # Serialises kill/stop/replace of the child: a slot thread replacing a killed child and
+    # shutdown() must not close the same pipe twice (the fd number may be reused meanwhile).
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class AutoStrategy(Strategy):
@@ -975,12 +1133,14 @@ class AutoStrategy(Strategy):
         self.cond = threading.Condition()
         self.free_threads = self.n_threads
         self.children: list[ChildSlot] = []
-        self.unplaced = 0  # dequeued jobs not yet running in a sub-pool (the dequeue loop waits for 0)
+        self.unplaced = 0  # dequeued jobs not yet placed in a sub-pool (in transit or waiting)
+        self.waiting = 0  # of those, jobs that found their sub-pool full and wait for it
         self.blocked_for_process = 0  # of those, jobs waiting for a process slot
         self.kill_reasons: dict[int, str] = {}
         self.stopping = False
         self.router = Router(self._class_changed)
         self.routed: dict[str, int] = {"thread": 0, "process": 0}
+        self._warm: set[tuple[int, str]] = set()  # (pid, function) that ran once: later runs are measured
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1002,14 +1162,17 @@ class AutoStrategy(Strategy):
                 return "not measured"
             return f"{ratio:.2f} ({cpu * 1000:.1f} ms CPU per job, {runs} run(s))"
 
+        basis = p.basis or (
+            f"CPU/wall in a process {fmt(p.process_ratio, p.process_cpu, p.process_runs)}, "
+            f"in a thread {fmt(p.thread_ratio, p.thread_cpu, p.thread_runs)}"
+        )
         log.info(
-            "auto: %s is now %s-bound -> runs in %s (was: %s); CPU/wall in a process %s, in a thread %s",
+            "auto: %s is now %s-bound -> runs in %s (was: %s); %s",
             func_name,
             new,
             "processes" if new == CPU else "threads",
             "new" if old is None else f"{old}-bound",
-            fmt(p.process_ratio, p.process_cpu, p.process_runs),
-            fmt(p.thread_ratio, p.thread_cpu, p.thread_runs),
+            basis,
         )
         self._event("route_changed", function=func_name, pool=POOL_OF_CLASS[new])
 
@@ -1038,12 +1201,12 @@ class AutoStrategy(Strategy):
         return self.slots.current()
 
     def admit(self, timeout: float) -> bool:
-        """Dequeue only once the job dequeued before holds its place (see the module docstring)."""
+        """Not while a job waits for a full sub-pool or ADMIT_AHEAD are in transit (see the docstring)."""
         with self.cond:
-            if self.unplaced == 0:
+            if self.waiting == 0 and self.unplaced < ADMIT_AHEAD:
                 return True
             self.cond.wait(timeout)
-            return self.unplaced == 0
+            return self.waiting == 0 and self.unplaced < ADMIT_AHEAD
 
     def pool_of(self, job: Job) -> str:
         return str(getattr(job, POOL_ATTRIBUTE, self.name))
@@ -1056,20 +1219,36 @@ class AutoStrategy(Strategy):
                 return cs
         return None
 
-    def _acquire(self, slot: Slot, route: Route, deadline: float, timeout: float) -> ChildSlot | None:
+    def _acquire(self, slot: Slot, job: Job, route: Route, deadline: float, timeout: float) -> ChildSlot | None:
         """Take a place for the job: a child (returned) or a thread token (None). Waits if full."""
+        func_name = str(job.func_name)
         waiting = False
+        since = time.monotonic()
         try:
             with self.cond:
                 while True:
+                    if route.new and not self.router.is_new(func_name):
+                        old_pool = route.pool
+                        route = self.router.route(job)  # classed meanwhile (a run ended, or early)
+                        if waiting and old_pool == "process" and route.pool != "process":
+                            self.blocked_for_process -= 1
                     if self.stopping:
                         raise RequeueJob("the worker is stopping; the job was not started and is re-queued")
-                    if route.pool == "process" or (route.probe and self.blocked_for_process == 0):
+                    if route.pool == "process" or ((route.probe or route.idle_child) and self.blocked_for_process == 0):
                         cs = self._free_child()
                         if cs is not None:
                             cs.busy = True
                             return cs
                     if route.pool == "thread" and self.free_threads > 0:
+                        self.free_threads -= 1
+                        return None
+                    if (
+                        route.new
+                        and self.free_threads > 0
+                        and time.monotonic() - since >= EARLY_SECONDS
+                        and self.router.start_thread_probe(func_name)
+                    ):
+                        slot.extra["thread_probe"] = func_name
                         self.free_threads -= 1
                         return None
                     if route.pool == "thread" and route.overflow and self.blocked_for_process == 0:
@@ -1080,14 +1259,20 @@ class AutoStrategy(Strategy):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         raise _timeout_error(timeout, f"no {route.pool} slot became free within it")
-                    if not waiting and route.pool == "process":
+                    if not waiting:
                         waiting = True
-                        self.blocked_for_process += 1
+                        self.waiting += 1
+                        if route.pool == "process":
+                            self.blocked_for_process += 1
                     self.cond.wait(min(left, 0.25))
+                    if route.new:
+                        self.router.early(func_name)
         finally:
             with self.cond:
                 if waiting:
-                    self.blocked_for_process -= 1
+                    self.waiting -= 1
+                    if route.pool == "process":
+                        self.blocked_for_process -= 1
                 if slot.extra.pop("unplaced", False):
                     self.unplaced -= 1
                 self.cond.notify_all()
@@ -1104,8 +1289,10 @@ class AutoStrategy(Strategy):
             self.cond.notify_all()
 
     def _replace(self, cs: ChildSlot, reason: str) -> None:
-        cs.child.kill()
-        if not self.stopping:
+        with cs.lock:
+            cs.child.kill()
+            if self.stopping:
+                return  # no replacement while stopping (a cold stop killed it)
             cs.child = MeasuredChild(self.ctx)
         self.children_replaced += 1
         self._event("child_replaced", reason=reason)
@@ -1118,7 +1305,7 @@ class AutoStrategy(Strategy):
             raise RuntimeError("AutoStrategy.perform called outside a pool slot")
         deadline = time.monotonic() + timeout
         route = self.router.route(job)
-        cs = self._acquire(slot, route, deadline, timeout)
+        cs = self._acquire(slot, job, route, deadline, timeout)
         pool = "thread" if cs is None else "process"
         setattr(job, POOL_ATTRIBUTE, pool)  # read by pool_of(): the metrics' pool label
         with self.cond:
@@ -1129,10 +1316,24 @@ class AutoStrategy(Strategy):
             return self._perform_in_thread(job, slot)
         return self._perform_in_child(job, slot, cs, deadline, timeout)
 
+    def _observe(self, pid: int, func_name: str, pool: str, cpu: float, wall: float) -> None:
+        """Count a run, unless it was the function's first in that process (imports, warm-up)."""
+        key = (pid, func_name)
+        with self.cond:
+            first = key not in self._warm
+            if first:
+                if len(self._warm) > 10_000:  # children come and go: forget old pids now and then
+                    self._warm.clear()
+                self._warm.add(key)
+        if not first:
+            self.router.observe(func_name, pool, cpu, wall)
+
     def _perform_in_thread(self, job: Job, slot: Slot) -> Any:
         slot.extra["thread_token"] = True
         slot.extra["where"] = "thread"
         t0_cpu, t0_wall, s0 = time.thread_time(), time.perf_counter(), _schedstat()
+        func_name = str(job.func_name)
+        rid = self.router.run_started(func_name, _thread_cpu_reader()) if self.router.is_new(func_name) else None
         ok = False
         try:
             value = job.perform()
@@ -1143,16 +1344,24 @@ class AutoStrategy(Strategy):
             wall = time.perf_counter() - t0_wall - _runqueue_wait(s0)
             slot.extra.pop("where", None)
             self._release_thread(slot)
+            self.router.run_ended(func_name, rid)
             if ok:
-                self.router.observe(str(job.func_name), "thread", cpu, wall)
+                self._observe(os.getpid(), func_name, "thread", cpu, wall)
+            probing = slot.extra.pop("thread_probe", None)
+            if probing is not None:
+                self.router.end_thread_probe(str(probing))
 
     def _perform_in_child(self, job: Job, slot: Slot, cs: ChildSlot, deadline: float, timeout: float) -> Any:
         slot.extra["child"] = cs
+        func_name = str(job.func_name)
+        rid: int | None = None
         try:
             child = cs.child
             if not child.alive():
                 self._replace(cs, "crashed")
                 child = cs.child
+            if self.router.is_new(func_name):
+                rid = self.router.run_started(func_name, _process_cpu_reader(child.pid))
             t0 = time.perf_counter()
             remaining = max(0.001, deadline - time.monotonic())
             try:
@@ -1177,9 +1386,12 @@ class AutoStrategy(Strategy):
             wall = time.perf_counter() - t0 - waited
             child.jobs_done += 1
             self._after_job(cs)
-            self.router.observe(str(job.func_name), "process", cpu, wall)
+            self.router.run_ended(func_name, rid)
+            rid = None
+            self._observe(child.pid, func_name, "process", cpu, wall)
             return value
         finally:
+            self.router.run_ended(func_name, rid)
             slot.extra.pop("child", None)
             self._release_child(cs)
 
@@ -1187,8 +1399,9 @@ class AutoStrategy(Strategy):
         cfg = self.config
         child = cs.child
         if cfg.max_jobs_per_child and child.jobs_done >= cfg.max_jobs_per_child:
-            child.stop()
-            cs.child = MeasuredChild(self.ctx)
+            with cs.lock:
+                child.stop()
+                cs.child = MeasuredChild(self.ctx)
             self.children_replaced += 1
             self._event("child_replaced", reason="max_jobs")
         elif cfg.max_child_memory_mb:
@@ -1205,8 +1418,9 @@ class AutoStrategy(Strategy):
                     rss / 2**20,
                     cfg.max_child_memory_mb,
                 )
-                child.stop()
-                cs.child = MeasuredChild(self.ctx)
+                with cs.lock:
+                    child.stop()
+                    cs.child = MeasuredChild(self.ctx)
                 self.children_replaced += 1
                 self._event("child_replaced", reason="memory")
 
@@ -1256,10 +1470,11 @@ class AutoStrategy(Strategy):
             self.cond.notify_all()
         self.slots.shutdown(wait, timeout)
         for cs in self.children:
-            if wait:
-                cs.child.stop()
-            else:
-                cs.child.kill()
+            with cs.lock:
+                if wait:
+                    cs.child.stop()
+                else:
+                    cs.child.kill()
         if self.routed["thread"] or self.routed["process"]:
             log.info(
                 "auto: %d job(s) ran in threads, %d in processes; classes: %s",

@@ -1,0 +1,72 @@
+"""Job functions with declared hints for the ``auto`` strategy tests, run by the worker as
+``tests.composite_jobs.*``. Each one is declared the *opposite* of what it does, so a test can
+tell a declared hint from a learned class by where the job ran."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from worker.composite import cpu_bound, io_bound
+
+
+def _record(started: float, **extra: Any) -> dict[str, Any]:
+    return {"pid": os.getpid(), "thread": threading.get_ident(), "started": started, "ended": time.time(), **extra}
+
+
+@cpu_bound
+def declared_cpu_but_sleeps(seconds: float = 0.05) -> dict[str, Any]:
+    """Waits (I/O-like), declared CPU-bound: auto must run it in a process child anyway."""
+    started = time.time()
+    time.sleep(seconds)
+    return _record(started)
+
+
+@io_bound
+def declared_io_but_spins(ms: float = 30.0) -> dict[str, Any]:
+    """Burns CPU, declared I/O-bound: auto must run it in a thread of the worker anyway."""
+    started = time.time()
+    end = time.thread_time() + ms / 1000.0
+    n = 0
+    while time.thread_time() < end:
+        n += 1
+    return _record(started, loops=n)
+
+
+def _append(path: str, line: str) -> None:
+    """One ``write`` on an ``O_APPEND`` descriptor: lines from many processes never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def record(path: str, token: str, seconds: float = 0.0) -> dict[str, Any]:
+    """Appends ``token pid`` to ``path`` when it *starts* (a killed run still counts), then sleeps."""
+    started = time.time()
+    _append(path, f"{token} {os.getpid()}\n")
+    time.sleep(seconds)
+    return _record(started, token=token)
+
+
+def sleep_for(seconds: float) -> dict[str, Any]:
+    started = time.time()
+    time.sleep(seconds)
+    return _record(started)
+
+
+def segfault() -> None:
+    """SIGSEGV (reads address 0), without leaving a core file behind."""
+    import ctypes
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    ctypes.string_at(0)
+
+
+def exit_code(n: int) -> None:
+    """Ends the whole process at once, from whichever thread runs it."""
+    os._exit(n)
