@@ -361,11 +361,14 @@ class PoolChild:
         return self.process.is_alive()
 
     def kill(self) -> None:
+        """Kill and reap the child. Safe to call twice, from two threads (a slot replacing its
+        child while a cold stop kills every child)."""
         if self.process.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         self.process.join(5)
-        self.conn.close()
+        with contextlib.suppress(OSError):
+            self.conn.close()
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -373,7 +376,8 @@ class PoolChild:
         self.process.join(2)
         if self.process.is_alive():
             self.kill()
-        self.conn.close()
+        with contextlib.suppress(OSError):
+            self.conn.close()
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -524,11 +528,13 @@ class ProcessStrategy(Strategy):
     def shutdown(self, wait: bool, timeout: float | None = None) -> None:
         self.threads.shutdown(wait, timeout)
         for slot in self.threads.live_slots():
-            if slot.child is not None:
-                if wait:
-                    slot.child.stop()
-                else:
-                    slot.child.kill()
+            child = slot.child
+            if child is None:
+                continue
+            try:
+                child.stop() if wait else child.kill()
+            except Exception:  # stopping must not turn a clean exit into a crash
+                log.exception("could not stop pool child %d", child.pid)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
