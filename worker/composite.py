@@ -111,6 +111,7 @@ from worker.strategies import (
     Strategy,
     StrategyConfig,
     describe_exit,
+    recycle_reason,
 )
 
 if TYPE_CHECKING:
@@ -1396,33 +1397,14 @@ class AutoStrategy(Strategy):
             self._release_child(cs)
 
     def _after_job(self, cs: ChildSlot) -> None:
-        cfg = self.config
         child = cs.child
-        if cfg.max_jobs_per_child and child.jobs_done >= cfg.max_jobs_per_child:
+        reason = recycle_reason(child.pid, child.jobs_done, self.config, "auto pool child")
+        if reason is not None:
             with cs.lock:
                 child.stop()
                 cs.child = MeasuredChild(self.ctx)
             self.children_replaced += 1
-            self._event("child_replaced", reason="max_jobs")
-        elif cfg.max_child_memory_mb:
-            try:
-                import psutil
-
-                rss = psutil.Process(child.pid).memory_info().rss
-            except Exception:
-                return
-            if rss > cfg.max_child_memory_mb * 1024 * 1024:
-                log.warning(
-                    "auto pool child %d uses %.0f MiB > WORKER_MAX_CHILD_MEMORY_MB=%g: replacing it",
-                    child.pid,
-                    rss / 2**20,
-                    cfg.max_child_memory_mb,
-                )
-                with cs.lock:
-                    child.stop()
-                    cs.child = MeasuredChild(self.ctx)
-                self.children_replaced += 1
-                self._event("child_replaced", reason="memory")
+            self._event("child_replaced", reason=reason)
 
     def abandon(self, slot_token: object) -> bool:
         if not isinstance(slot_token, Slot):

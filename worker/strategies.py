@@ -380,6 +380,33 @@ class PoolChild:
             self.conn.close()
 
 
+def recycle_reason(pid: int, jobs_done: int, cfg: StrategyConfig, what: str) -> str | None:
+    """Why a pool child should be replaced after its job ("max_jobs", "memory"), or None.
+
+    Shared by every strategy that keeps children, so the limits mean the same everywhere.
+    """
+    if cfg.max_jobs_per_child and jobs_done >= cfg.max_jobs_per_child:
+        return "max_jobs"
+    if not cfg.max_child_memory_mb:
+        return None
+    try:
+        import psutil
+
+        rss = psutil.Process(pid).memory_info().rss
+    except Exception:
+        return None
+    if rss <= cfg.max_child_memory_mb * 1024 * 1024:
+        return None
+    log.warning(
+        "%s %d uses %.0f MiB > WORKER_MAX_CHILD_MEMORY_MB=%g: replacing it",
+        what,
+        pid,
+        rss / 2**20,
+        cfg.max_child_memory_mb,
+    )
+    return "memory"
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "exit status unknown"
@@ -481,30 +508,12 @@ class ProcessStrategy(Strategy):
         raise RemoteJobError(f"{type_name}: {message}") from RemoteTraceback(tb)
 
     def _after_job(self, slot: Slot, child: PoolChild) -> None:
-        cfg = self.config
-        if cfg.max_jobs_per_child and child.jobs_done >= cfg.max_jobs_per_child:
+        reason = recycle_reason(child.pid, child.jobs_done, self.config, "pool child")
+        if reason is not None:
             child.stop()
             slot.child = PoolChild(self.ctx)
             self.children_replaced += 1
-            self._event("child_replaced", reason="max_jobs")
-        elif cfg.max_child_memory_mb:
-            try:
-                import psutil
-
-                rss = psutil.Process(child.pid).memory_info().rss
-            except Exception:
-                return
-            if rss > cfg.max_child_memory_mb * 1024 * 1024:
-                log.warning(
-                    "pool child %d uses %.0f MiB > WORKER_MAX_CHILD_MEMORY_MB=%g: replacing it",
-                    child.pid,
-                    rss / 2**20,
-                    cfg.max_child_memory_mb,
-                )
-                child.stop()
-                slot.child = PoolChild(self.ctx)
-                self.children_replaced += 1
-                self._event("child_replaced", reason="memory")
+            self._event("child_replaced", reason=reason)
 
     def abandon(self, slot_token: object) -> bool:
         # Normally perform() kills an overdue child itself; this is the fallback.
