@@ -23,6 +23,8 @@ SHADES = {
     "thread": ("#1f77b4", "#9ecae1", "#08306b", "#4292c6"),
     "process": ("#d62728", "#fcae91", "#67000d", "#fb6a4a"),
     "inline": ("#7f7f7f", "#bdbdbd", "#404040", "#969696"),
+    "hybrid": ("#9467bd", "#cbc9e2", "#3f007d", "#807dba"),
+    "auto": ("#2ca02c", "#a1d99b", "#00441b", "#41ab5d"),
 }
 _ASSIGNED: dict[str, str] = {}
 

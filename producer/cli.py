@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("experiment", help="run strategies x workloads and write results, report and charts")
     x.add_argument("--local", action="store_true", help="start redis-server (if needed) and the workers here")
-    x.add_argument("--strategies", default="thread,process,inline", help="default: %(default)s")
+    x.add_argument(
+        "--strategies", default="thread,process,inline",
+        help="any of thread,process,inline,hybrid,auto (default: %(default)s); hybrid and auto for mixed work",
+    )  # fmt: skip
     x.add_argument("--workloads", default="cpu,io,mixed,alloc", help="default: %(default)s")
     x.add_argument("--count", "-n", default="100", metavar="N|W=N,...", help="jobs per cell (default: 100)")
     x.add_argument(
@@ -114,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--model", choices=("mmc", "mgc"), default="mmc",
         help="size for the SLO with M/M/c (default) or M/G/c (the measured service-time variability)",
+    )  # fmt: skip
+    pl.add_argument(
+        "--shared-cpus", type=float, metavar="N",
+        help="the replicas share N CPUs (one host): cap their sum at N / CPU seconds per job (default: no cap)",
     )  # fmt: skip
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -238,7 +245,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     results = load_results(args.results)
     plan = make_plan(
         results, args.workload, args.arrival_rate, args.slo_p95, args.max_cpus, args.max_utilization, args.gib_per_cpu,
-        args.model,
+        args.model, args.shared_cpus,
     )  # fmt: skip
     if args.json:
         from producer.experiment import _clean

@@ -11,7 +11,7 @@ Two modes:
   start-up (a fresh worker until all its slots run a job, and N bare threads vs N processes)
   and killability (a job that overruns its timeout, per strategy).
 - against running workers (compose): every strategy's workers consume a queue named after the
-  strategy (``thread``, ``process``, ``inline``); each cell sends its burst to that queue and
+  strategy (``thread``, ``process``, ``inline``, ``hybrid``, ``auto``); each cell sends its burst to that queue and
   waits until it has drained. Memory and CPU come from the workers' Prometheus metrics
   (``--worker-metrics thread=http://worker-thread:8000/metrics,...``).
 
@@ -61,8 +61,8 @@ from producer.measure import (
 )
 from producer.workloads import WORKLOADS, JobSpec, build_spec, experiment_spec, parse_param
 
-STRATEGIES = ("thread", "process", "inline")
-DEFAULT_CONCURRENCY = {"thread": ["auto"], "process": ["auto"], "inline": ["1"]}
+STRATEGIES = ("thread", "process", "inline", "hybrid", "auto")
+DEFAULT_CONCURRENCY = {"thread": ["auto"], "process": ["auto"], "inline": ["1"], "hybrid": ["auto"], "auto": ["auto"]}
 TERMINAL = {"finished", "failed", "stopped", "canceled", "missing"}
 
 
@@ -226,13 +226,16 @@ def available_cpus() -> int:
 
 def resolve_capacity(strategy: str, concurrency: str, cpus: int) -> int:
     """What ``--concurrency`` resolves to in a worker started by the producer (no WORKER_* env)."""
-    if strategy == "inline":
-        return 1
-    if concurrency != "auto":
-        return int(concurrency)
     from worker import defaults
+    from worker.strategies import STRATEGIES as WORKER_STRATEGIES
+    from worker.strategies import StrategyConfig
 
-    return cpus * defaults.THREADS_PER_CPU if strategy == "thread" else cpus
+    config = StrategyConfig(
+        available_cpus=cpus,
+        concurrency=None if concurrency == "auto" else int(concurrency),
+        threads_per_cpu=defaults.THREADS_PER_CPU,
+    )
+    return WORKER_STRATEGIES[strategy].size(config)  # the worker's own rule, so the two cannot drift
 
 
 def calibrate(spec: JobSpec, runs: int = 5) -> dict[str, float]:

@@ -41,6 +41,7 @@ class Option:
     runs: int
     count: int
     problems: list[str]
+    cpu_s_per_job: float | None = None  # the worker tree's CPU seconds per finished job, at saturation
     replicas: int = 0
     rho: float = math.nan
     p_wait: float = math.nan
@@ -67,6 +68,33 @@ class Option:
     def cost(self, gib_per_cpu: float) -> float:
         return self.total_cpus + self.total_mem_mib / 1024.0 / gib_per_cpu
 
+    def cpu_ceiling(self, node_cpus: float | None) -> float:
+        """Jobs/s that replicas sharing ``node_cpus`` CPUs can do at most, whatever their number.
+
+        Replicas add up only while each gets the CPUs it was measured with; once they share a
+        fixed set, the CPU seconds each job costs (job plus the worker's own per-job work)
+        bound them together. Measured: 4 process replicas on 2 CPUs did 83 jobs/s of 20 ms jobs,
+        not the 4 x 43 a linear model predicts (docs/scaling.md).
+        """
+        if node_cpus is None or not self.cpu_s_per_job:
+            return math.inf
+        return node_cpus / self.cpu_s_per_job
+
+    def rate_with(self, replicas: int, node_cpus: float | None) -> float:
+        """Predicted jobs/s of ``replicas`` replicas at saturation: linear, capped by shared CPUs."""
+        return min(replicas * self.replica_rate, self.cpu_ceiling(node_cpus))
+
+    def keda_list_length(self, slo: float | None) -> int | None:
+        """KEDA's Redis list scaler ``listLength``: the backlog one replica clears within the SLO.
+
+        KEDA runs ceil(LLEN / listLength) replicas; one replica finishes ``replica_rate`` jobs a
+        second, so ``ceil(replica_rate x slo)`` gives a backlog as many replicas as it takes to
+        drain it within the SLO (docs/scaling.md).
+        """
+        if slo is None or not math.isfinite(self.replica_rate) or self.replica_rate <= 0:
+            return None
+        return max(1, math.ceil(self.replica_rate * slo))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
@@ -89,6 +117,7 @@ class Option:
             "meets_slo": self.meets_slo,
             "why_not": self.why_not,
             "notes": self.notes,
+            "cpu_s_per_job": self.cpu_s_per_job,
         }
 
 
@@ -140,6 +169,7 @@ def options_from(results: dict[str, Any], workload: str) -> list[Option]:
                 runs=int(r.get("runs") or 1),
                 count=int(r.get("count") or 0),
                 problems=list(r.get("problems") or []),
+                cpu_s_per_job=float(r["cpu_s_per_1k_jobs"]) / 1000.0 if r.get("cpu_s_per_1k_jobs") else None,
             )
         )
     return out
@@ -185,6 +215,7 @@ class Plan:
     recommended: Option | None
     warnings: list[str]
     assumptions: list[str]
+    shared_cpus: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -199,7 +230,32 @@ class Plan:
             "recommended": self.recommended.to_json() if self.recommended else None,
             "warnings": self.warnings,
             "assumptions": self.assumptions,
+            "shared_cpus": self.shared_cpus,
+            "keda": self.keda(),
+            "scaling": self.scaling(),
         }
+
+    def keda(self) -> dict[str, Any] | None:
+        """The recommended line as a KEDA ScaledObject's Redis list trigger and replica bounds."""
+        r = self.recommended
+        if r is None:
+            return None
+        out: dict[str, Any] = {
+            "minReplicaCount": r.replicas,
+            "listLength": r.keda_list_length(self.slo_p95),
+            "queue_key": "rq:queue:<queue>",
+        }
+        if self.shared_cpus is not None and r.cpu_per_replica > 0:
+            out["maxReplicaCount"] = max(r.replicas, math.floor(self.shared_cpus / r.cpu_per_replica))
+        return out
+
+    def scaling(self) -> list[dict[str, float]]:
+        """Predicted saturated jobs/s of the recommended configuration for 1, 2, 4, ... replicas."""
+        r = self.recommended
+        if r is None:
+            return []
+        ks = sorted({1, 2, 4, 8, r.replicas})
+        return [{"replicas": k, "jobs_s": r.rate_with(k, self.shared_cpus)} for k in ks]
 
 
 def make_plan(
@@ -211,6 +267,7 @@ def make_plan(
     max_util: float | None = None,
     gib_per_cpu: float = 4.0,
     model: str = "mmc",
+    shared_cpus: float | None = None,
 ) -> Plan:
     if not math.isfinite(arrival_rate) or arrival_rate <= 0:
         raise BadInput(f"--arrival-rate must be a positive number of jobs per second, got {arrival_rate:g}")
@@ -226,6 +283,8 @@ def make_plan(
         raise BadInput("--gib-per-cpu must be positive")
     if model not in ("mmc", "mgc"):
         raise BadInput(f"--model must be mmc or mgc, got {model!r}")
+    if shared_cpus is not None and (not math.isfinite(shared_cpus) or shared_cpus <= 0):
+        raise BadInput(f"--shared-cpus must be a positive number, got {shared_cpus:g}")
     opts = options_from(results, workload)
     if not opts:
         raise BadInput(f"no {workload!r} cell finished any job: nothing to plan from")
@@ -235,6 +294,13 @@ def make_plan(
         if max_cpus is not None and o.feasible and o.total_cpus > max_cpus:
             o.feasible = False
             o.why_not = f"needs {o.total_cpus:g} CPUs > --max-cpus {max_cpus:g}"
+        ceiling = o.cpu_ceiling(shared_cpus)
+        if o.feasible and arrival_rate > ceiling * max_util:
+            o.feasible = False
+            o.why_not = (
+                f"{shared_cpus:g} shared CPUs carry at most {ceiling:,.1f} jobs/s "
+                f"({(o.cpu_s_per_job or 0) * 1000:.1f} ms CPU per job), whatever the replicas"
+            )
         if o.problems:
             o.notes.append("measured with problems: " + "; ".join(o.problems)[:200])
         if o.replicas > 1:
@@ -289,8 +355,13 @@ def make_plan(
         + f"; cost = CPUs + GiB / {gib_per_cpu:g} (a typical cloud price ratio).",
         "Queue wait is started_at - enqueued_at; end-to-end adds the run time.",
     ]
+    if shared_cpus is not None:
+        assumptions.append(
+            f"The replicas share {shared_cpus:g} CPUs: together they do at most {shared_cpus:g} / "
+            "(CPU seconds per job) jobs/s, the ceiling measured when replicas outnumber the CPUs (docs/scaling.md)."
+        )
     return Plan(workload, arrival_rate, slo_p95, max_cpus, max_util, gib_per_cpu, model, opts, recommended, warnings,
-                assumptions)  # fmt: skip
+                assumptions, shared_cpus)  # fmt: skip
 
 
 def render(plan: Plan) -> str:
@@ -325,6 +396,26 @@ def render(plan: Plan) -> str:
             f"{num(r.total_mem_mib, ',.0f')} MiB, utilisation {r.rho:.2f}, predicted p95 queue wait "
             f"{num(r.p95_wait, '.3f')} s (M/M/c; {num(r.p95_wait_mgc, '.3f')} s with the measured service-time "
             f"variability, M/G/c)."
+        )
+        k = plan.keda()
+        if k is not None:
+            length = k["listLength"]
+            lines.append(
+                f"KEDA (deploy/kubernetes/optional/keda.yaml): minReplicaCount {k['minReplicaCount']}"
+                + (f", maxReplicaCount {k['maxReplicaCount']}" if "maxReplicaCount" in k else "")
+                + (
+                    f", Redis list trigger listLength {length} (= ceil({r.replica_rate:,.1f} jobs/s per replica x "
+                    f"{plan.slo_p95:g} s SLO): a backlog of that many jobs per replica drains within the SLO)."
+                    if length is not None
+                    else "; give --slo-p95 for the list trigger's listLength."
+                )
+            )
+        shared = f" on {plan.shared_cpus:g} shared CPUs" if plan.shared_cpus is not None else ""
+        lines.append(
+            f"Saturated throughput by replicas{shared}: "
+            + ", ".join(f"{int(p['replicas'])}: {p['jobs_s']:,.1f} jobs/s" for p in plan.scaling())
+            + ("" if shared else " (linear: each replica with its own CPUs; --shared-cpus N caps it)")
+            + "."
         )
     else:
         lines.append("Recommendation: none — no configuration meets the request (see the notes).")
