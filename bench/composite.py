@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,11 +180,14 @@ def run_cell(
         env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
         procs.append((subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env), out))
     pids = {p.pid for p, _ in procs}
+    cpu = CpuSampler(sorted(pids))
+    cpu.start()
     try:
         for p, out in procs:
             p.wait(timeout=900)
             out.close()
     finally:
+        cpu.stop()
         for p, _ in procs:
             if p.poll() is None:
                 p.kill()
@@ -196,6 +200,7 @@ def run_cell(
             ends.append(j.ended_at.timestamp())
             lat.append(j.ended_at.timestamp() - j.enqueued_at.timestamp())
     makespan = max(ends) - min(starts) if done else math.nan
+    cpu_s, cpu_jobs = cpu.per_job(ends)
     in_worker = {"cpu": [0, 0], "io": [0, 0], "other": [0, 0]}  # kind -> [in a worker pid, in a child]
     for j in done:
         value = j.return_value()
@@ -211,10 +216,86 @@ def run_cell(
         "jobs_per_s": len(done) / makespan if done and makespan > 0 else math.nan,
         "p50_s": percentile(lat, 50),
         "p95_s": percentile(lat, 95),
+        "cpu_s": cpu_s,
+        "cpu_s_per_job": cpu_s / cpu_jobs if cpu_jobs else math.nan,
         "loadavg": load,
         "ran_in_worker_vs_child": in_worker,
         "exit_codes": [p.returncode for p, _ in procs],
     }
+
+
+class CpuSampler:
+    """CPU seconds of the replicas' process trees (workers, forkservers, pool children), sampled.
+
+    Cumulative user + system time of every live process plus what each has reaped, summed over
+    the trees every 50 ms and held monotonic. CPU per job is taken over a window that lies
+    inside the sampling (first to last reading with jobs ending in between), so neither the
+    interpreters' start-up nor the tail after the last reading skews it.
+    """
+
+    def __init__(self, pids: Sequence[int], interval: float = 0.05) -> None:
+        import psutil
+
+        self.roots = [psutil.Process(p) for p in pids]
+        self.interval = interval
+        self.readings: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        total = 0.0
+        for root in self.roots:
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                except psutil.Error:
+                    continue
+                total += t.user + t.system + t.children_user + t.children_system
+        last = self.readings[-1][1] if self.readings else 0.0
+        self.readings.append((time.time(), max(last, total)))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def start(self) -> None:
+        self._sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def per_job(self, ends: Sequence[float]) -> tuple[float, int]:
+        """(CPU seconds, jobs ended) between the first reading after the first job ended and the
+        last reading before the last job ended."""
+        if not ends:
+            return math.nan, 0
+        inside = [r for r in self.readings if min(ends) <= r[0] <= max(ends)]
+        if len(inside) < 2:
+            return math.nan, 0
+        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        return c1 - c0, sum(1 for e in ends if t0 < e <= t1)
+
+
+def planner_prediction(one_replica_jobs_s: float, cpu_s_per_job: float, shared_cpus: int) -> list[float]:
+    """What ``producer plan --shared-cpus`` predicts for 1, 2 and 4 replicas from the 1-replica cell.
+
+    The planner's own code (``Option.rate_with``): k x the one-replica rate, capped at the shared
+    CPUs / CPU seconds per job. The table puts it beside what the replicas really did.
+    """
+    from producer.plan import Option
+
+    opt = Option(strategy="", slots=1, mu=one_replica_jobs_s, replica_rate=one_replica_jobs_s, cpu_per_replica=1.0,
+                 mem_per_replica_mib=math.nan, cs2=None, run_mean_s=None, measured_cpus=1, runs=1, count=0,
+                 problems=[], cpu_s_per_job=cpu_s_per_job)  # fmt: skip
+    return [opt.rate_with(k, shared_cpus) for k in (1, 2, 4)]
 
 
 def fmt_rate(vals: list[float]) -> str:
@@ -236,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--pairs", default="cpu:process,io:thread,cpu:hybrid,io:hybrid",
+        help="replicas part: workload:strategy pairs (default: %(default)s)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "composite")
     args = ap.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
@@ -271,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                     row.append(f"{fmt_rate([c['jobs_per_s'] for c in cs])} ({med([c['p95_s'] for c in cs]):.2f})")
                 report.append("| " + " | ".join(row) + " |")
         if args.part in ("replicas", "both"):
-            pairs = [("cpu", "process"), ("io", "thread"), ("cpu", "hybrid"), ("io", "hybrid")]
+            pairs = [(w, s) for w, _, s in (p.partition(":") for p in args.pairs.split(",") if p)]
             counts = {"cpu": 240, "io": 1200}
             for r in range(repeats):
                 for w, s in pairs:
@@ -282,16 +367,26 @@ def main(argv: list[str] | None = None) -> int:
                         c["repeat"] = r
                         c["part"] = "replicas"
                         cells.append(c)
-                        log(f"[r{r}] {w:4} {s:8} x{n} {c['jobs_per_s']:7.1f} jobs/s  load {c['loadavg']:.2f}")
+                        log(f"[r{r}] {w:4} {s:8} x{n} {c['jobs_per_s']:7.1f} jobs/s  "
+                            f"{c['cpu_s_per_job'] * 1000:.1f} ms CPU/job  load {c['loadavg']:.2f}")  # fmt: skip
+            ncpu = len(os.sched_getaffinity(0))
             report.append("")
-            report.append("| workload | strategy (1 CPU per replica) | 1 replica | 2 replicas | 4 replicas |")
-            report.append("|---|---|---|---|---|")
+            report.append(
+                "| workload | strategy (1 CPU per replica) | CPU ms per job | 1 replica | 2 replicas | 4 replicas "
+                f"| planner on {ncpu} shared CPUs (1 / 2 / 4) |"
+            )
+            report.append("|---|---|---|---|---|---|---|")
             for w, s in pairs:
-                row = [w, s]
+                one = [c for c in cells if c.get("part") == "replicas" and c["workload"] == w
+                       and c["strategy"] == s and c["replicas"] == 1]  # fmt: skip
+                cpu_ms = med([c["cpu_s_per_job"] * 1000 for c in one])
+                row = [w, s, f"{cpu_ms:.1f}"]
                 for n in (1, 2, 4):
                     cs = [c for c in cells if c.get("part") == "replicas" and c["workload"] == w
                           and c["strategy"] == s and c["replicas"] == n]  # fmt: skip
                     row.append(fmt_rate([c["jobs_per_s"] for c in cs]))
+                row.append(" / ".join(f"{v:.0f}" for v in planner_prediction(med([c["jobs_per_s"] for c in one]),
+                                                                              cpu_ms / 1000, ncpu)))  # fmt: skip
                 report.append("| " + " | ".join(row) + " |")
     finally:
         server.stop()
