@@ -105,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet-wait", type=float, default=120.0, metavar="S", help="wait at most this long (default: 120)")
     x.add_argument("--cell-timeout", type=float, default=600.0, help="seconds a cell may take (default: 600)")
     x.add_argument("--redis-url", metavar="URL", help="Redis (default: REDIS_URL)")
+    d = x.add_argument_group(
+        "containers (--docker)",
+        "every cell in a worker container the producer starts from the host through the Docker SDK, under a CPU "
+        "and memory limit; see docs/container-experiments.md",
+    )
+    d.add_argument("--docker", action="store_true", help="run each cell in a fresh worker container")
+    d.add_argument("--image", metavar="IMAGE", help="worker image (default: poolq:local, as compose builds it)")
+    d.add_argument("--cpus", metavar="C[,C...]", help="CPU limits, one cell each (default: 1), e.g. 1,2 or 0.5")
+    d.add_argument("--memory", metavar="SIZE", help="memory limit of a worker container (default: 1g), e.g. 512m")
+    d.add_argument(
+        "--network", metavar="NET",
+        help="an existing Docker network whose Redis to use (with --redis-url as the containers reach it, e.g. "
+        "the compose stack's poolq_default and redis://redis:6379/0); default: a network and Redis of its own",
+    )  # fmt: skip
+    d.add_argument("--redis-image", metavar="IMAGE", help="image of its own Redis (default: redis:7.2.5)")
+    d.add_argument("--health-timeout", type=float, default=180.0, metavar="S",
+                   help="seconds a worker container may take to become healthy (default: 180)")  # fmt: skip
 
     pl = sub.add_parser("plan", help="replicas, CPUs and memory per strategy for an arrival rate (M/M/c)")
     pl.add_argument("--results", required=True, type=Path, metavar="DIR", help="an experiment's output directory")
@@ -206,7 +223,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise BadInput("--sample-interval and --cell-timeout must be positive, --metrics-settle not negative")
     if args.job_timeout < 1 or args.timeout_job_seconds <= args.job_timeout:
         raise BadInput("--job-timeout must be >= 1 and shorter than --timeout-job-seconds")
-    metrics = ex.parse_worker_metrics(settings.worker_metrics)
+    docker_opts = None
+    docker_flags = [f"--{n.replace('_', '-')}" for n in ("image", "cpus", "memory", "network", "redis_image")
+                    if getattr(args, n) is not None]  # fmt: skip
+    if args.docker:
+        if args.local:
+            raise BadInput("--docker and --local exclude each other: --docker starts worker containers, --local "
+                           "worker processes")  # fmt: skip
+        if args.worker_metrics:
+            raise BadInput("--worker-metrics is for running workers; --docker scrapes the containers it starts")
+        from producer.containers import docker_options
+
+        docker_opts = docker_options(args.cpus, args.memory, args.image, args.redis_image, args.network,
+                                     args.redis_url, args.health_timeout)  # fmt: skip
+    elif docker_flags:
+        raise BadInput(f"{docker_flags[0]} is for container experiments: add --docker")
+    metrics = ex.parse_worker_metrics(settings.worker_metrics) if docker_opts is None else {}
     if metrics and args.local:
         raise BadInput("--worker-metrics is for running workers; --local measures its own workers' process trees")
     opts = ex.Options(
@@ -232,11 +264,34 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         batch_size=settings.batch_size,
         result_ttl=settings.result_ttl_seconds,
         argv=sys.argv[1:],
+        docker=docker_opts,
     )
+    if docker_opts is not None:
+        from producer.containers import preflight
+
+        preflight(docker_opts)  # engine, images, limits: refused before anything starts
+        return _run_interruptible(opts)
     if not args.local:
         ex.check_running_workers(opts)
-    ex.run(opts)
-    return 0
+    results = ex.run(opts)
+    return 130 if results["meta"].get("interrupted") else 0
+
+
+def _run_interruptible(opts: Any) -> int:
+    """A container experiment: SIGTERM is handled like Ctrl-C, so ``kill`` also removes the containers."""
+    import signal
+
+    from producer import experiment as ex
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        results = ex.run(opts)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 130 if results["meta"].get("interrupted") else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

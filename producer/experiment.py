@@ -165,6 +165,7 @@ class Options:
     batch_size: int = 500
     result_ttl: int = 3600
     argv: list[str] = field(default_factory=list)
+    docker: Any = None  # producer.containers.DockerOptions: every cell in a worker container (--docker)
 
 
 def parse_params(items: Sequence[str], workloads: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -338,7 +339,9 @@ def _finish_cell(
     cell["problems"] = problems
     cell.update(_result_facts(sample_results(ctx.conn, [t.id for t in times if t.status == "finished"])))
     calib = ctx.calibration[cell["workload"]]
-    limit, basis = machine_limit(cell["workload"], calib, cell["concurrency"], cell["available_cpus"])
+    # A container's CPU limit may be fractional; the worker rounds it up (its detected CPUs).
+    cpus_for_limit = cell.get("cpu_limit") or cell["available_cpus"]
+    limit, basis = machine_limit(cell["workload"], calib, cell["concurrency"], cpus_for_limit)
     cell["limit_jobs_s"] = limit
     cell["limit_basis"] = basis
     thr = cell.get("throughput_jobs_s", math.nan)
@@ -621,6 +624,11 @@ SUMMARY_KEYS = (
     "cpu_s_per_1k_jobs", "cores_busy", "job_cpu_ms_median", "makespan_s",
     "producer_cores", "redis_cores", "other_cores",
 )  # fmt: skip
+DOCKER_SUMMARY_KEYS = (
+    "jobs_per_s_per_cpu", "container_mem_idle_mib", "container_mem_peak_mib", "container_mem_usage_peak_mib",
+    "container_mem_max_usage_mib", "container_mem_limit_mib", "container_throttled_s", "healthy_after_s",
+    "worker_tree_cpu_s",
+)  # fmt: skip
 
 
 def _num(v: Any) -> float | None:
@@ -640,12 +648,13 @@ def median_of(values: Sequence[Any]) -> float | None:
 
 def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (strategy, concurrency, workload): medians over the repeats."""
-    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, str, float | None], list[dict[str, Any]]] = {}
     for c in cells:
         if "concurrency" in c:
-            groups.setdefault((c["strategy"], int(c["concurrency"]), c["workload"]), []).append(c)
+            key = (c["strategy"], int(c["concurrency"]), c["workload"], c.get("cpu_limit"))
+            groups.setdefault(key, []).append(c)
     rows = []
-    for (strategy, conc, workload), runs in groups.items():
+    for (strategy, conc, workload, cpu_limit), runs in groups.items():
         thr = [t for t in (_num(r.get("throughput_jobs_s")) for r in runs) if t is not None]
         row: dict[str, Any] = {
             "strategy": strategy,
@@ -665,12 +674,20 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "limit_basis": runs[0].get("limit_basis", ""),
             "concurrency_arg": runs[0].get("concurrency_arg"),
         }
+        if cpu_limit is not None:  # --docker: the container's limits and what the worker made of them
+            row["cpu_limit"] = cpu_limit
+            row["memory_limit_mib"] = runs[0].get("memory_limit_mib")
+            row["detected_cpus"] = sorted({r.get("available_cpus") for r in runs}, key=str)
+            row["pool_sizes"] = sorted({r.get("pool_size") for r in runs}, key=str)
+            for k in DOCKER_SUMMARY_KEYS:
+                row[k] = median_of([r.get(k) for r in runs])
         for k in SUMMARY_KEYS:
             row[k] = median_of([r.get(k) for r in runs])
         rows.append(row)
     order = {s: i for i, s in enumerate(STRATEGIES)}
     wl = {w: i for i, w in enumerate(WORKLOADS)}
-    rows.sort(key=lambda r: (wl.get(r["workload"], 99), order.get(r["strategy"], 99), r["concurrency"]))
+    rows.sort(key=lambda r: (wl.get(r["workload"], 99), order.get(r["strategy"], 99), r.get("cpu_limit") or 0,
+                             r["concurrency"]))  # fmt: skip
     return rows
 
 
@@ -683,6 +700,9 @@ CSV_COLUMNS = (
     "cpu_s", "cpu_s_per_1k_jobs", "cores_busy",
     "job_cpu_ms_median", "distinct_pids", "distinct_threads", "producer_cores", "redis_cores", "other_cores",
     "available_cpus", "mode", "spec", "queue", "problems",
+    "cpu_limit", "memory_limit_mib", "pool_size", "jobs_per_s_per_cpu", "container_mem_idle_mib",
+    "container_mem_peak_mib", "container_mem_usage_peak_mib", "container_mem_max_usage_mib", "container_mem_limit_mib",
+    "container_throttled_s", "container_throttled_periods", "healthy_after_s", "worker_exit", "oom_killed",
 )  # fmt: skip
 
 
@@ -731,8 +751,14 @@ def cell_line(c: dict[str, Any]) -> str:
         return "-" if n is None else format(n, fmt)
 
     warn = f"  !! {'; '.join(c['problems'])}" if c.get("problems") else ""
+    where = ""
+    if c.get("cpu_limit") is not None:  # --docker
+        where = (
+            f"@{c['cpu_limit']:g}cpu (worker saw {c.get('available_cpus', '?')} CPUs, pool {c.get('pool_size', '?')}, "
+            f"container peak {f(c.get('container_mem_peak_mib'), '.0f')} MiB)"
+        )
     return (
-        f"[r{c['repeat']}] {c['strategy']}x{c.get('concurrency', '?')} {c['workload']}: "
+        f"[r{c['repeat']}] {c['strategy']}x{c.get('concurrency', '?')}{where} {c['workload']}: "
         f"{c.get('finished', 0)}/{c['count']} jobs, {f(c.get('throughput_jobs_s'), ',.1f')} jobs/s "
         f"({f(c.get('pct_of_limit'), '.0f')}% of limit), p95 wait {f(c.get('wait_p95_s'), '.3f')} s, "
         f"p95 run {f(c.get('run_p95_s'), '.3f')} s, peak PSS {f(c.get('peak_pss_mib'), '.1f')} MiB, "
@@ -746,6 +772,8 @@ def run(opts: Options, on_cell: Callable[[dict[str, Any]], None] | None = None) 
     from worker.jobs import iterations_per_ms
 
     started = time.monotonic()
+    run_id = dt.datetime.now().strftime("%H%M%S") + uuid.uuid4().hex[:4]
+    lab: Any = None  # producer.containers.DockerLab with --docker
     local_redis: LocalRedis | None = None
     if opts.local and not reachable(opts.redis_url):
         local_redis = LocalRedis()
@@ -763,6 +791,12 @@ def run(opts: Options, on_cell: Callable[[dict[str, Any]], None] | None = None) 
     log_dir = opts.out / "logs"
     log_dir.mkdir(exist_ok=True)
     try:
+        if opts.docker is not None:
+            from producer.containers import LABEL, DockerLab
+
+            lab = DockerLab(opts.docker, run_id, log_dir)
+            log(f"experiment {run_id}: starting the Docker network and Redis (label {LABEL}={run_id})")
+            url = lab.start()
         conn = connect(url)
         redis_version = str(conn.info("server").get("redis_version", "?"))
         cpus = available_cpus()
@@ -776,10 +810,11 @@ def run(opts: Options, on_cell: Callable[[dict[str, Any]], None] | None = None) 
             specs[w] = spec
         log(f"calibrating {', '.join(opts.workloads)} (one job at a time in this process)")
         calibration = {w: calibrate(specs[w], 3 if w in ("alloc", "io") else 5) for w in opts.workloads}
-        run_id = dt.datetime.now().strftime("%H%M%S") + uuid.uuid4().hex[:4]
-        ctx = Context(opts, conn, url, run_id, cpus, specs, calibration, log_dir, local_redis_process(conn))
+        redis_proc = local_redis_process(conn) if lab is None else None  # a container's pid is not the host's
+        ctx = Context(opts, conn, url, run_id, cpus, specs, calibration, log_dir, redis_proc)
+        mode = "worker containers" if lab else "local workers" if opts.local else "running workers"
         log(
-            f"experiment {run_id}: {'local workers' if opts.local else 'running workers'}, Redis {url} "
+            f"experiment {run_id}: {mode}, Redis {url} "
             f"({redis_version}), {cpus} CPUs, strategies {','.join(opts.strategies)}, workloads "
             f"{','.join(opts.workloads)}, {opts.repeats} repeat(s)"
         )
@@ -802,9 +837,13 @@ def run(opts: Options, on_cell: Callable[[dict[str, Any]], None] | None = None) 
                             )
                 for w in opts.workloads:
                     for s in opts.strategies:
-                        sizes = opts.concurrency[f"{s}:{w}"] if opts.local else ["deployed"]
-                        for conc in sizes:
-                            if opts.local:
+                        sizes = opts.concurrency[f"{s}:{w}"] if opts.local or lab else ["deployed"]
+                        for conc, cpu_limit in itertools.product(sizes, opts.docker.cpus if lab else [None]):
+                            if lab is not None:
+                                from producer.containers import run_docker_cell
+
+                                c = run_docker_cell(ctx, lab, s, conc, w, cpu_limit, repeat)
+                            elif opts.local:
                                 c = run_local_cell(ctx, s, conc, w, repeat)
                             else:
                                 c = run_remote_cell(ctx, s, w, repeat)
@@ -835,17 +874,28 @@ def run(opts: Options, on_cell: Callable[[dict[str, Any]], None] | None = None) 
     finally:
         if local_redis is not None:
             local_redis.stop()
+        if lab is not None:
+            failures = lab.close()
+            for f in failures:
+                log(f"warning: could not remove {f}")
+            if not failures:
+                log(f"removed every container and network of experiment {run_id}")
     import importlib.metadata
 
+    redis_described = url
+    if local_redis:
+        redis_described = "private redis-server (started by the producer)"
+    elif lab is not None and not opts.docker.network:
+        redis_described = f"Redis container {opts.docker.redis_image} (started by the producer)"
     meta = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "elapsed_s": time.monotonic() - started,
-        "mode": "local" if opts.local else "running-workers",
+        "mode": "docker" if lab else "local" if opts.local else "running-workers",
         "host": platform.node(),
         "python": platform.python_version(),
         "rq": rq.__version__,
         "redis_server": redis_version,
-        "redis_url": url if not local_redis else "private redis-server (started by the producer)",
+        "redis_url": redis_described,
         "poolq": importlib.metadata.version("poolq"),
         "available_cpus": cpus,
         "cpu_count": os.cpu_count(),
@@ -861,6 +911,15 @@ def run(opts: Options, on_cell: Callable[[dict[str, Any]], None] | None = None) 
         "interrupted": interrupted,
         "run_id": run_id,
     }
+    if lab is not None:
+        meta["docker"] = {
+            **lab.facts,
+            "image": opts.docker.image,
+            "cpu_limits": opts.docker.cpus,
+            "memory_limit_mib": opts.docker.memory / MIB,
+            "network": lab.network_name,
+            "redis_image": None if opts.docker.network else opts.docker.redis_image,
+        }
     results: dict[str, Any] = {
         "meta": meta,
         "calibration": calibration,
