@@ -72,6 +72,15 @@ def wait_file(path: str, timeout: float = 60.0) -> dict[str, Any]:
     return _record(started, waited_for=path)
 
 
+def record_until_file(path: str, token: str, release: str, timeout: float = 60.0) -> dict[str, Any]:
+    """``record`` (one line per execution, written at the start) then ``wait_file``: a job that
+    runs beside others until the test releases it, and says how many times it began to run."""
+    started = time.time()
+    _append(path, f"{token} {os.getpid()} {started:.6f}\n")
+    rec = wait_file(release, timeout)
+    return {**rec, "started": started, "token": token}
+
+
 def sleep_ignoring_sigalrm(seconds: float) -> dict[str, Any]:
     """Blocks SIGALRM in its thread, then sleeps: RQ's own timeout (an alarm) cannot stop it."""
     started = time.time()

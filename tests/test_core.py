@@ -38,7 +38,10 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.results import Result
 
-STRATEGIES = ["thread", "process", "inline"]
+STRATEGIES = ["thread", "process", "inline", "hybrid", "auto"]
+# hybrid: one child running the jobs on its threads (with 2 CPUs and concurrency 2 it would
+# otherwise be 2 children x 1 thread: the process strategy again).
+POOL_ARGS: dict[str, tuple[str, ...]] = {"hybrid": ("--processes", "1")}
 ALLOW_TESTS = ("--allowed-functions", "worker.jobs.*,tests.helpers.*")
 # Slack for comparing RQ's microsecond timestamps with the jobs' own time.time() records.
 EPS = 1e-3
@@ -69,7 +72,7 @@ def test_stock_rq_jobs_run_and_read_back(redis: Redis, redis_url: str, strategy:
     jobs = [q.enqueue(func, **kwargs) for func, kwargs in specs]
     assert all(j.get_status() == "queued" for j in jobs)
 
-    run = assert_ok(run_worker(redis_url, strategy, 2))
+    run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=POOL_ARGS.get(strategy, ())))
 
     records = finished_records(redis, jobs, run.describe())
     for job, value in zip(jobs, records, strict=True):
@@ -104,7 +107,7 @@ def test_raising_job_lands_in_failed_registry_with_traceback(redis: Redis, redis
     bad = q.enqueue("worker.jobs.fail", message=message)
     good = q.enqueue("worker.jobs.noop")
 
-    run = assert_ok(run_worker(redis_url, strategy, 2))
+    run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=POOL_ARGS.get(strategy, ())))
 
     j = fetch(redis, bad.id)
     assert j.get_status() == "failed", run.describe()
@@ -129,7 +132,7 @@ def test_retry_reruns_a_failing_job(redis: Redis, redis_url: str, strategy: str)
     counted = q.enqueue("tests.helpers.count_and_fail", redis_url, key, "counted", retry=Retry(max=2))
     builtin = q.enqueue("worker.jobs.fail", message="retried builtin", retry=Retry(max=2))
 
-    run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=ALLOW_TESTS))
+    run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=(*ALLOW_TESTS, *POOL_ARGS.get(strategy, ()))))
 
     assert redis.get(key) == b"3", run.describe()
     failed = FailedJobRegistry(queue=q).get_job_ids()
@@ -173,7 +176,7 @@ def test_dependent_runs_after_its_parent(redis: Redis, redis_url: str, strategy:
     orphan = q.enqueue("worker.jobs.noop", depends_on=bad_parent)
     assert child.get_status() == "deferred"
 
-    run = assert_ok(run_worker(redis_url, strategy, 4))
+    run = assert_ok(run_worker(redis_url, strategy, 4, extra_args=POOL_ARGS.get(strategy, ())))
 
     p, c = finished_records(redis, [parent, child], run.describe())
     assert c["started"] >= p["ended"], (p, c)
@@ -193,7 +196,7 @@ def test_function_outside_the_allowlist_never_runs(redis: Redis, redis_url: str,
     getcwd = q.enqueue("os.getcwd")
     after = q.enqueue("worker.jobs.noop")
 
-    run = assert_ok(run_worker(redis_url, strategy, 2))
+    run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=POOL_ARGS.get(strategy, ())))
 
     failed = FailedJobRegistry(queue=q).get_job_ids()
     for job, func in ((rejected, "tests.helpers.touch_sentinel"), (getcwd, "os.getcwd")):
@@ -206,7 +209,7 @@ def test_function_outside_the_allowlist_never_runs(redis: Redis, redis_url: str,
 
     # control: the same function, once allowed, does run (so the check above can fail)
     allowed = q.enqueue("tests.helpers.touch_sentinel", str(sentinel))
-    run2 = assert_ok(run_worker(redis_url, strategy, 2, extra_args=ALLOW_TESTS))
+    run2 = assert_ok(run_worker(redis_url, strategy, 2, extra_args=(*ALLOW_TESTS, *POOL_ARGS.get(strategy, ()))))
     assert fetch(redis, allowed.id).get_status() == "finished", run2.describe()
     assert fetch(redis, allowed.id).return_value() == str(sentinel)
     assert sentinel.exists()
@@ -256,16 +259,28 @@ def test_inline_strategy_runs_one_job_at_a_time_in_worker_pid(redis: Redis, redi
 
 @pytest.mark.parametrize(
     ("strategy", "n", "c"),
-    [("thread", 12, 4), ("process", 12, 4), ("thread", 3, 4)],
+    [("thread", 12, 4), ("process", 12, 4), ("thread", 3, 4), ("hybrid", 12, 4), ("auto", 12, 4)],
 )
 def test_concurrency_is_bounded_and_used(redis: Redis, redis_url: str, strategy: str, n: int, c: int) -> None:
-    """N io jobs, concurrency C: never more than C at once, and min(N, C) did run at once."""
-    jobs = enqueue_many(redis, "worker.jobs.io", n, seconds=0.3)
-    run = assert_ok(run_worker(redis_url, strategy, c))
+    """N io jobs, concurrency C: never more than C at once, and min(N, C) did run at once.
+
+    hybrid: C = 2 children x 2 threads. auto: C = 2 children + 2 threads, the two sub-pools of one
+    worker; the jobs are hinted half CPU-bound, half I/O-bound so that both are full at once (an
+    unhinted function runs in one sub-pool, or spills into the other only when that one is full).
+    """
+    extra: tuple[str, ...] = ("--processes", "2") if strategy in ("hybrid", "auto") else ()
+    if strategy == "auto":
+        q = json_queue(redis)
+        jobs = [q.enqueue("worker.jobs.io", seconds=0.3, meta={"poolq_hint": ("cpu", "io")[i % 2]}) for i in range(n)]
+    else:
+        jobs = enqueue_many(redis, "worker.jobs.io", n, seconds=0.3)
+    run = assert_ok(run_worker(redis_url, strategy, c, extra_args=extra))
     records = finished_records(redis, jobs, run.describe())
     most = overlap(records)
     assert most <= c
     assert most == min(n, c)
+    if strategy == "auto":  # both sub-pools ran jobs: children and the worker's own threads
+        assert {r["pid"] == run.pid for r in records} == {True, False}, records
 
 
 # ------------------------------------------------------------------------------ worker identity
@@ -281,7 +296,7 @@ def test_worker_hash_counts_jobs_and_registers_death(redis: Redis, redis_url: st
     for _ in range(2):
         q.enqueue("worker.jobs.fail")
 
-    run = assert_ok(run_worker(redis_url, strategy, 2))
+    run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=POOL_ARGS.get(strategy, ())))
 
     h = worker_hash(redis, run.name)
     assert h.get("successful_job_count") == "5", h
@@ -352,7 +367,7 @@ def test_result_ttl_zero_keeps_nothing(redis: Redis, redis_url: str, strategy: s
     q = json_queue(redis)
     gone = q.enqueue("worker.jobs.noop", result_ttl=0)
     kept = q.enqueue("worker.jobs.noop")
-    run = assert_ok(run_worker(redis_url, strategy, 2))
+    run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=POOL_ARGS.get(strategy, ())))
     assert fetch(redis, kept.id).get_status() == "finished", run.describe()
     assert not Job.exists(gone.id, connection=redis), redis.hgetall(gone.key)
     assert gone.id not in q.finished_job_registry.get_job_ids()

@@ -98,10 +98,30 @@ def records(conn: Redis[bytes], ids: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def assert_pool_width(conn: Redis[bytes], proc: helpers.WorkerProcess, width: int, seconds: float = 1.5) -> list:
-    """``width`` jobs enqueued together run ``width`` at once: every slot of the pool works."""
+def hint(kind: str) -> dict[str, str]:
+    """``auto``: the job's meta hint (``"cpu"`` -> its process pool, ``"io"`` -> its thread pool).
+
+    The tests that check what one pool guarantees (a hard kill, a soft timeout, a crash, a memory
+    cap) say where auto runs the job instead of waiting for it to learn the function.
+    """
+    return {"poolq_hint": kind}
+
+
+def assert_pool_width(
+    conn: Redis[bytes],
+    proc: helpers.WorkerProcess,
+    width: int,
+    seconds: float = 1.5,
+    hints: list[str] | None = None,
+) -> list:
+    """``width`` jobs enqueued together run ``width`` at once: every slot of the pool works.
+
+    ``hints`` (auto): one per job, so that each of its sub-pools is proved full width.
+    """
     q = queue(conn)
-    ids = [q.enqueue("worker.jobs.io", seconds=seconds).id for _ in range(width)]
+    metas = [hint(h) for h in hints] if hints else [None] * width
+    assert len(metas) == width
+    ids = [q.enqueue("worker.jobs.io", seconds=seconds, meta=m).id for m in metas]
     rh.wait_ended(conn, ids, 30, proc, f"{width} jobs to prove the pool width")
     recs = records(conn, ids)
     assert helpers.overlap(recs) == width, f"expected {width} jobs at once, records: {recs}\n{proc.describe()}"
@@ -124,23 +144,48 @@ def pid_gone(pid: int) -> bool:
 # hard timeouts
 
 
+# Where each strategy runs the tests' jobs: concurrency and the extra flags that give every job
+# of a test its own place. auto: --processes pins its process pool (else: one child per CPU).
+HARD_TIMEOUT_POOLS = {
+    # strategy: (concurrency, extra args, hint of the overdue jobs, hint of the job beside them)
+    "process": (4, (), None, None),
+    "hybrid": (4, ("--processes", "2"), None, None),  # 2 children x 2 threads
+    "auto": (4, ("--processes", "3"), "cpu", "io"),  # 3 children + 1 thread
+}
+
+
 @pytest.mark.timeout(90)
-def test_process_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
-    server: Any, conn: Redis[bytes], tmp_path: Path
+@pytest.mark.parametrize("strategy", ["process", "hybrid", "auto"])
+def test_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
+    server: Any, conn: Redis[bytes], tmp_path: Path, strategy: str
 ) -> None:
-    """Process strategy: a sleep, a busy loop and a job that blocks SIGALRM, each with
-    job_timeout=2, fail with a timeout within timeout + 5 s (measured from the job's own
-    started_at to the failure's recorded time); their children are killed; a job running beside
-    them finishes normally; afterwards all 4 slots run jobs in parallel again."""
-    worker = start(server, "process", 4, conn=conn)
+    """A sleep, a busy loop and a job that blocks SIGALRM, each with job_timeout=2, fail with a
+    timeout within timeout + 5 s (measured from the job's own started_at to the failure's
+    recorded time); the children running them are killed; afterwards every slot of the pool runs
+    jobs in parallel again, in fresh children. A job running beside them:
+
+    - process: in a child of its own, it is unaffected and finishes;
+    - hybrid (2 children x 2 threads): four jobs fill both children, so it shares a child with an
+      overdue job. That whole child is killed (a thread cannot be), and the job, which did nothing
+      wrong, is re-queued, not failed: it runs again in a fresh child and finishes;
+    - auto: the overdue jobs are hinted CPU-bound, so they run in its process pool (hard
+      timeouts); the job beside them, hinted I/O-bound, runs in its thread pool and is unaffected.
+    """
+    concurrency, extra, overdue_hint, beside_hint = HARD_TIMEOUT_POOLS[strategy]
+    worker = start(server, strategy, concurrency, conn=conn, extra=extra)
     q = queue(conn)
     release = tmp_path / "release"
-    beside = q.enqueue("tests.jobs.wait_file", str(release), 60, job_timeout=90)
+    meta_over = hint(overdue_hint) if overdue_hint else None
+    beside = q.enqueue(
+        "tests.jobs.wait_file", str(release), 60, job_timeout=90, meta=hint(beside_hint) if beside_hint else None
+    )
+    helpers.wait_for(lambda: rh.status(conn, beside.id) == "started", 20, what="the job beside to start")
     overdue = {
-        "sleep": q.enqueue("tests.jobs.sleep_for", 60, job_timeout=2),
-        "busy_loop": q.enqueue("tests.jobs.busy_loop", 60, job_timeout=2),
-        "sigalrm_blocked": q.enqueue("tests.jobs.sleep_ignoring_sigalrm", 60, job_timeout=2),
+        "sleep": q.enqueue("tests.jobs.sleep_for", 60, job_timeout=2, meta=meta_over),
+        "busy_loop": q.enqueue("tests.jobs.busy_loop", 60, job_timeout=2, meta=meta_over),
+        "sigalrm_blocked": q.enqueue("tests.jobs.sleep_ignoring_sigalrm", 60, job_timeout=2, meta=meta_over),
     }
+    first_start = rh.outcome(conn, beside.id).started_at
     rh.wait_ended(conn, [j.id for j in overdue.values()], 2 + 5 + 20, worker, "the overdue jobs to fail")
     killed = []
     for kind, job in overdue.items():
@@ -155,34 +200,50 @@ def test_process_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
     for pid in killed:
         helpers.wait_for(lambda p=pid: pid_gone(p), 10, what=f"killed child {pid} to be gone")
 
-    # the job beside them was running all along and is unaffected
-    assert rh.status(conn, beside.id) == "started"
+    # the job beside them: running (hybrid: running again, after a re-queue)
+    helpers.wait_for(lambda: rh.status(conn, beside.id) == "started", 20, what="the job beside to run")
+    again = rh.outcome(conn, beside.id).started_at
+    if strategy == "hybrid":
+        texts = " ".join(rh.outcome(conn, j.id).exc_string for j in overdue.values())
+        assert re.search(r"\d job\(s\) running beside it re-queued", texts), texts
+        assert first_start is not None and again is not None and again > first_start, (first_start, again)
+    else:
+        assert again == first_start, "the job beside the overdue ones was restarted"
     release.touch()
     rh.wait_ended(conn, [beside.id], 20, worker)
     (rec,) = records(conn, [beside.id])
     assert rec["pid"] not in killed
+    assert FailedJobRegistry("default", connection=conn).count == 3
 
     # every slot works again, in fresh children
-    recs = assert_pool_width(conn, worker, 4)
+    hints = ["cpu", "cpu", "cpu", "io"] if strategy == "auto" else None
+    recs = assert_pool_width(conn, worker, concurrency, hints=hints)
     assert not {r["pid"] for r in recs} & set(killed)
     assert worker.poll() is None
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("strategy", ["thread", "auto"])
 def test_thread_timeout_fails_job_counts_runaway_and_keeps_pool_size(
-    server: Any, conn: Redis[bytes], tmp_path: Path
+    server: Any, conn: Redis[bytes], tmp_path: Path, strategy: str
 ) -> None:
-    """Thread strategy: an overdue job is failed at its timeout (the thread cannot be killed);
-    the runaway thread is counted (log), a job beside it finishes, the pool keeps its size
-    (3 jobs still overlap 3-wide while the runaway thread still sleeps), and the runaway's late
-    return does not overwrite the failure."""
+    """A job running in a thread (the thread strategy; auto's thread pool, where auto sends
+    I/O-bound functions: here the jobs are hinted so) gets a soft timeout: it is failed at its
+    timeout (the thread cannot be killed); the runaway thread is counted (log, metric), a job
+    beside it finishes, the thread pool keeps its size (3 jobs still overlap 3-wide while the
+    runaway thread still sleeps), and the runaway's late return does not overwrite the failure."""
     metrics_port = rh.free_port()
-    worker = start(server, "thread", 3, conn=conn, extra=("--metrics-port", str(metrics_port)))
+    if strategy == "auto":  # 3 threads + 1 process child; io-hinted jobs never leave the threads
+        extra: tuple[str, ...] = ("--processes", "1")
+        concurrency, meta, hints = 4, hint("io"), ["io"] * 3
+    else:
+        extra, concurrency, meta, hints = (), 3, None, None
+    worker = start(server, strategy, concurrency, conn=conn, extra=("--metrics-port", str(metrics_port), *extra))
     q = queue(conn)
     release = tmp_path / "release"
     runaway_seconds = 12
-    overdue = q.enqueue("tests.jobs.sleep_for", runaway_seconds, job_timeout=2)
-    beside = q.enqueue("tests.jobs.wait_file", str(release), 60, job_timeout=90)
+    overdue = q.enqueue("tests.jobs.sleep_for", runaway_seconds, job_timeout=2, meta=meta)
+    beside = q.enqueue("tests.jobs.wait_file", str(release), 60, job_timeout=90, meta=meta)
 
     rh.wait_ended(conn, [overdue.id], 2 + 5 + 10, worker, "the overdue thread job to fail")
     o = rh.outcome(conn, overdue.id)
@@ -198,10 +259,11 @@ def test_thread_timeout_fails_job_counts_runaway_and_keeps_pool_size(
 
     # the pool is still 3 wide while the runaway thread still sleeps (it ends at started+12 s)
     assert rh.status(conn, beside.id) == "started"
-    recs = assert_pool_width(conn, worker, 2)  # two free slots beside the waiting job ...
+    recs = assert_pool_width(conn, worker, 2, hints=hints and hints[:2])  # two free slots beside the waiting job ...
     release.touch()
     rh.wait_ended(conn, [beside.id], 20, worker)
-    assert_pool_width(conn, worker, 3)  # ... and then all three
+    recs3 = assert_pool_width(conn, worker, 3, hints=hints)  # ... and then all three
+    assert {r["pid"] for r in recs + recs3} == {worker.pid}, "a thread job ran outside the worker process"
     assert o.started_at is not None
     assert min(r["started"] for r in recs) < o.started_at.timestamp() + runaway_seconds, (
         "the width check ran after the runaway thread had already returned"
@@ -219,21 +281,40 @@ def test_thread_timeout_fails_job_counts_runaway_and_keeps_pool_size(
 
 
 @pytest.mark.timeout(90)
-def test_crashing_children_fail_only_their_job(server: Any, conn: Redis[bytes], tmp_path: Path) -> None:
-    """Process strategy, concurrency 3: os._exit(3), os.abort(), a ctypes segfault and a
-    self-SIGKILL (an OOM kill) each fail only their job, with the exit code / signal in the
-    failure; two jobs running beside them all along finish normally in their original children;
-    the pool is repaired (3 jobs overlap 3-wide afterwards)."""
-    worker = start(server, "process", 3, conn=conn)
+@pytest.mark.parametrize("strategy", ["process", "hybrid", "auto"])
+def test_crashing_children_fail_only_their_job(
+    server: Any, conn: Redis[bytes], tmp_path: Path, runs: str, strategy: str
+) -> None:
+    """Concurrency 3: os._exit(3), os.abort(), a ctypes segfault and a self-SIGKILL (an OOM
+    kill) each fail only their job, with the exit code / signal in the failure; two jobs running
+    beside them all along finish; the pool is repaired (3 jobs overlap 3-wide afterwards).
+
+    - process: the jobs beside them finish in their original children, once;
+    - hybrid (2 children x 2 threads): the first crash kills a child that also runs one of the
+      jobs beside. Which of its two jobs crashed it is unknown, so both are re-run alone in fresh
+      one-job children: the culprit crashes again and fails with its exit code; the other runs
+      to its end (twice in all: once cut short). The other job beside, in the other child, runs
+      once;
+    - auto (2 children + 1 thread): the crashing jobs are hinted CPU-bound (its process pool: a
+      crash there is isolated as in the process strategy); one job beside runs in the other child,
+      one in the thread pool; both run once.
+    """
+    extra: tuple[str, ...] = ("--processes", "2") if strategy in ("hybrid", "auto") else ()
+    worker = start(server, strategy, 3, conn=conn, extra=extra)
     q = queue(conn)
     release = tmp_path / "release"
-    besides = [q.enqueue("tests.jobs.wait_file", str(release), 60, job_timeout=90) for _ in range(2)]
+    beside_hints = ["cpu", "io"] if strategy == "auto" else [None, None]
+    besides = [
+        q.enqueue("tests.jobs.record_until_file", runs, f"b{i}", str(release), 60, job_timeout=90, meta=h and hint(h))
+        for i, h in enumerate(beside_hints)
+    ]
     helpers.wait_for(lambda: all(rh.status(conn, j.id) == "started" for j in besides), 20, what="beside jobs")
+    meta = hint("cpu") if strategy == "auto" else None
     crashes = {
-        "exited with code 3": q.enqueue("tests.jobs.exit_code", 3),
-        "SIGABRT": q.enqueue("tests.jobs.abort"),
-        "SIGSEGV": q.enqueue("tests.jobs.segfault"),
-        "SIGKILL": q.enqueue("tests.jobs.oom_like"),
+        "exited with code 3": q.enqueue("tests.jobs.exit_code", 3, meta=meta),
+        "SIGABRT": q.enqueue("tests.jobs.abort", meta=meta),
+        "SIGSEGV": q.enqueue("tests.jobs.segfault", meta=meta),
+        "SIGKILL": q.enqueue("tests.jobs.oom_like", meta=meta),
     }
     rh.wait_ended(conn, [j.id for j in crashes.values()], 40, worker, "the crashing jobs to fail")
     for expected, job in crashes.items():
@@ -249,8 +330,16 @@ def test_crashing_children_fail_only_their_job(server: Any, conn: Redis[bytes], 
     recs = records(conn, [j.id for j in besides])
     crashed_pids = {child_pid_in(rh.outcome(conn, j.id).exc_string) for j in crashes.values()}
     assert not {r["pid"] for r in recs} & crashed_pids
+    counts = rh.executions(runs)
+    if strategy == "hybrid":
+        assert sorted(counts.values()) == [1, 2], f"expected one job beside re-run alone once: {counts}"
+        assert "re-running job" in worker.output(), worker.describe()
+    else:
+        assert counts == {"b0": 1, "b1": 1}, counts
+    if strategy == "auto":
+        assert [r["pid"] == worker.pid for r in recs] == [False, True], recs
 
-    assert_pool_width(conn, worker, 3)
+    assert_pool_width(conn, worker, 3, hints=["cpu", "cpu", "io"] if strategy == "auto" else None)
     assert worker.poll() is None
 
 
@@ -259,7 +348,7 @@ def test_crashing_children_fail_only_their_job(server: Any, conn: Redis[bytes], 
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("strategy", ["thread", "process"])
+@pytest.mark.parametrize("strategy", ["thread", "process", "hybrid", "auto"])
 def test_kill9_jobs_recovered_within_bound_with_defaults(
     server: Any, conn: Redis[bytes], runs: str, strategy: str
 ) -> None:
@@ -387,7 +476,13 @@ def test_supervisor_restart_with_the_same_name_after_kill9(server: Any, conn: Re
 # graceful drain
 
 
-CAPACITY = {"thread": 4, "process": 4, "inline": 1}
+CAPACITY = {"thread": 4, "process": 4, "inline": 1, "hybrid": 4, "auto": 4}
+# hybrid: 2 children x 2 threads; auto: 2 children + 2 threads, whatever the machine's CPUs.
+DRAIN_ARGS: dict[str, tuple[str, ...]] = {"hybrid": ("--processes", "2"), "auto": ("--processes", "2")}
+# auto: the running jobs are hinted half CPU-bound, half I/O-bound, so that both of its
+# sub-pools (children and threads) are full when the signal comes, and both are drained.
+DRAIN_HINTS = {"auto": ["cpu", "io", "cpu", "io"]}
+DRAIN_STRATEGIES = ["thread", "process", "inline", "hybrid", "auto"]
 
 
 def _drain_setup(
@@ -396,9 +491,12 @@ def _drain_setup(
     """A worker whose every slot runs a job of ``seconds`` and 3 more jobs waiting in the queue."""
     cap = CAPACITY[strategy]
     env = rh.worker_env(shutdown_timeout=shutdown_timeout)
-    worker = start(server, strategy, cap, env=env, conn=conn)
+    worker = start(server, strategy, cap, env=env, conn=conn, extra=DRAIN_ARGS.get(strategy, ()))
     q = queue(conn)
-    running = [q.enqueue("tests.jobs.record", runs, f"r{i}", seconds, job_timeout=120).id for i in range(cap)]
+    metas = [hint(h) for h in DRAIN_HINTS[strategy]] if strategy in DRAIN_HINTS else [None] * cap
+    running = [
+        q.enqueue("tests.jobs.record", runs, f"r{i}", seconds, job_timeout=120, meta=metas[i]).id for i in range(cap)
+    ]
     helpers.wait_for(lambda: len(rh.executions(runs)) == cap, 30, what="every slot to run a job")
     waiting = [q.enqueue("tests.jobs.record", runs, f"q{i}", 0.0).id for i in range(3)]
     return worker, running, waiting
@@ -420,7 +518,7 @@ def _assert_requeued(conn: Redis[bytes], ids: list[str], worker: helpers.WorkerP
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("strategy", ["thread", "process", "inline"])
+@pytest.mark.parametrize("strategy", DRAIN_STRATEGIES)
 def test_sigterm_drains_running_jobs_exactly_once(server: Any, conn: Redis[bytes], runs: str, strategy: str) -> None:
     """SIGTERM while every slot runs a 2 s job, WORKER_SHUTDOWN_TIMEOUT=8: no new job is
     dequeued, the running ones finish exactly once, the worker exits 0 within 8 + 2 s and
@@ -442,7 +540,7 @@ def test_sigterm_drains_running_jobs_exactly_once(server: Any, conn: Redis[bytes
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("strategy", ["thread", "process", "inline"])
+@pytest.mark.parametrize("strategy", DRAIN_STRATEGIES)
 def test_sigterm_requeues_jobs_longer_than_shutdown_timeout(
     server: Any, conn: Redis[bytes], runs: str, strategy: str
 ) -> None:
@@ -461,7 +559,7 @@ def test_sigterm_requeues_jobs_longer_than_shutdown_timeout(
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("strategy", ["thread", "process", "inline"])
+@pytest.mark.parametrize("strategy", DRAIN_STRATEGIES)
 def test_second_sigterm_cold_stop_requeues_at_once(server: Any, conn: Redis[bytes], runs: str, strategy: str) -> None:
     """Two SIGTERMs half a second apart with WORKER_SHUTDOWN_TIMEOUT=30: a cold stop. The
     worker does not wait for the 20 s jobs or the 30 s timeout: it re-queues them and exits 0
@@ -476,12 +574,15 @@ def test_second_sigterm_cold_stop_requeues_at_once(server: Any, conn: Redis[byte
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_to_the_process_group_drains_like_sigterm(server: Any, conn: Redis[bytes], runs: str) -> None:
+@pytest.mark.parametrize("strategy", ["process", "hybrid", "auto"])
+def test_ctrl_c_to_the_process_group_drains_like_sigterm(
+    server: Any, conn: Redis[bytes], runs: str, strategy: str
+) -> None:
     """Ctrl-C in a terminal: SIGINT to the whole foreground process group (worker, forkserver,
     pool children). The children ignore it; the worker drains: the running jobs finish exactly
     once, the waiting ones stay queued, exit 0 within WORKER_SHUTDOWN_TIMEOUT + 2 s."""
     timeout = 8.0
-    worker, running, waiting = _drain_setup(server, conn, runs, "process", timeout, 2.0)
+    worker, running, waiting = _drain_setup(server, conn, runs, strategy, timeout, 2.0)
     t0 = time.monotonic()
     os.killpg(worker.pid, signal.SIGINT)
     code = worker.wait(timeout + 2 + 20)
@@ -633,7 +734,7 @@ def _assert_poison_outcome(conn: Redis[bytes], good: list[str], bad: dict[str, s
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("strategy", ["thread", "process"])
+@pytest.mark.parametrize("strategy", ["thread", "process", "hybrid", "auto"])
 def test_poison_input_fails_bad_jobs_and_never_stops_the_worker(server: Any, conn: Redis[bytes], strategy: str) -> None:
     """Bad jobs mixed among good ones: a bad created_at, a bad timeout, undecodable data, a hash
     without 'data', one with only a status, an allowlisted function whose module / attribute does
@@ -723,15 +824,19 @@ def test_injection_pickle_reduce_and_os_system_never_run(server: Any, conn: Redi
 
 
 @pytest.mark.timeout(90)
-def test_memory_guard_replaces_child_above_cap(server: Any, conn: Redis[bytes]) -> None:
-    """Process strategy, concurrency 1, WORKER_MAX_CHILD_MEMORY_MB=150: ten jobs each leaking
-    50 MB in the same child. The child is replaced once above the cap (its pid changes), and no
-    pool child's RSS ever goes beyond the cap by more than one job's leak — from each job's own
-    RSS report and from psutil sampling of the worker's children while it runs."""
+@pytest.mark.parametrize("strategy", ["process", "hybrid", "auto"])
+def test_memory_guard_replaces_child_above_cap(server: Any, conn: Redis[bytes], strategy: str) -> None:
+    """Concurrency 1, WORKER_MAX_CHILD_MEMORY_MB=150: ten jobs each leaking 50 MB in the same
+    child (hybrid: its one child of one thread; auto: its process pool, where the jobs are hinted
+    to run: a job in auto's threads leaks into the worker itself, which no cap replaces). The
+    child is replaced once above the cap (its pid changes), and no pool child's RSS ever goes
+    beyond the cap by more than one job's leak — from each job's own RSS report and from psutil
+    sampling of the worker's children while it runs."""
     cap_mb, leak_mb, n = 150, 50, 10
     q = queue(conn)
-    ids = [q.enqueue("tests.jobs.leak", leak_mb).id for _ in range(n)]
-    worker = start(server, "process", 1, env=rh.worker_env(max_child_memory_mb=cap_mb))
+    meta = hint("cpu") if strategy == "auto" else None
+    ids = [q.enqueue("tests.jobs.leak", leak_mb, meta=meta).id for _ in range(n)]
+    worker = start(server, strategy, 1, env=rh.worker_env(max_child_memory_mb=cap_mb))
     peak: dict[int, int] = {}
     stop = threading.Event()
 
