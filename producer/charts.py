@@ -4,6 +4,8 @@
 - ``latency_cdf.png``: end-to-end latency CDF per strategy, one panel per workload (every job
   of every repeat, from ``jobs.csv``);
 - ``memory.png``: peak and idle PSS of the worker tree per strategy per workload;
+- ``cpu_scaling.png`` (``--docker`` with several ``--cpus``): jobs/s against the container's CPU
+  limit per strategy, with linear scaling dotted;
 - ``timeouts.png``: CPU seconds of the worker tree around a job that overran its timeout.
 """
 
@@ -35,7 +37,8 @@ def _legend(ax: Any) -> None:
 
 
 def _label(row: dict[str, Any]) -> str:
-    return f"{row['strategy']}x{row['concurrency']}"
+    cpu = row.get("cpu_limit")  # container experiments: the same slots under two limits are two configurations
+    return f"{row['strategy']}x{row['concurrency']}" + (f"@{float(cpu):g}cpu" if cpu is not None else "")
 
 
 def _color(label: str) -> str:
@@ -149,7 +152,7 @@ def latency_cdf(out: Path, summary: list[dict[str, Any]]) -> Path | None:
         for row in csv.DictReader(f):
             if row["status"] != "finished" or not row["ended_at"] or not row["enqueued_at"]:
                 continue
-            key = (row["workload"], f"{row['strategy']}x{row['concurrency']}")
+            key = (row["workload"], row["cell"].split("/")[0] or f"{row['strategy']}x{row['concurrency']}")
             series.setdefault(key, []).append(float(row["ended_at"]) - float(row["enqueued_at"]))
     workloads = list(dict.fromkeys(r["workload"] for r in summary))
     if not workloads or not series:
@@ -175,6 +178,39 @@ def latency_cdf(out: Path, summary: list[dict[str, Any]]) -> Path | None:
         axes[idx // cols][idx % cols].axis("off")
     fig.tight_layout()
     path = out / "latency_cdf.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cpu_scaling_chart(out: Path, summary: list[dict[str, Any]]) -> Path | None:
+    """Container experiments: jobs/s against the CPU limit, one line per strategy (and size
+    argument), one panel per workload; the dotted line is linear scaling from the smallest limit."""
+    rows = [r for r in summary if r.get("cpu_limit") is not None and r.get("throughput_jobs_s") is not None]
+    if len({float(r["cpu_limit"]) for r in rows}) < 2:
+        return None
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5.0 * len(workloads), 3.8), squeeze=False)
+    for ax, w in zip(axes[0], workloads, strict=True):
+        lines: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["workload"] == w:
+                lines.setdefault(f"{r['strategy']} ({r.get('concurrency_arg') or r['concurrency']})", []).append(r)
+        for label, rs in lines.items():
+            rs.sort(key=lambda r: float(r["cpu_limit"]))
+            xs = [float(r["cpu_limit"]) for r in rs]
+            ys = [float(r["throughput_jobs_s"]) for r in rs]
+            color = _color(f"{rs[0]['strategy']}x{label}")
+            ax.plot(xs, ys, marker="o", label=label, color=color)
+            ax.plot(xs, [ys[0] * x / xs[0] for x in xs], linestyle=":", color=color, alpha=0.6)
+        ax.set_title(f"{w}: throughput vs CPU limit")
+        ax.set_xlabel("container CPU limit (CPUs)")
+        ax.set_ylabel("jobs/s (median)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    fig.tight_layout()
+    path = out / "cpu_scaling.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -220,6 +256,9 @@ def write_all(out: Path, results: dict[str, Any]) -> list[Path]:
         cdf = latency_cdf(out, summary)
         if cdf:
             paths.append(cdf)
+        scaling = cpu_scaling_chart(out, summary)
+        if scaling:
+            paths.append(scaling)
     tc = timeouts_chart(out, results.get("timeouts") or [])
     if tc:
         paths.append(tc)

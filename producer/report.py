@@ -48,11 +48,17 @@ def ms(x: Any) -> str:
 class Data:
     """Look-ups over a results.json."""
 
-    def __init__(self, results: dict[str, Any]) -> None:
+    def __init__(self, results: dict[str, Any], cpu_limit: float | None = None) -> None:
+        """``cpu_limit`` (container experiments): only the rows measured under that CPU limit, and
+        the CPUs the worker detected there — so the claims compare like with like."""
         self.r = results
         self.meta = results.get("meta", {})
         self.summary: list[dict[str, Any]] = results.get("summary") or []
         self.cpus = int(self.meta.get("available_cpus") or 1)
+        if cpu_limit is not None:
+            self.summary = [r for r in self.summary if r.get("cpu_limit") == cpu_limit]
+            detected = [c for r in self.summary for c in (r.get("detected_cpus") or []) if c]
+            self.cpus = int(max(detected)) if detected else math.ceil(cpu_limit)
 
     def rows(self, strategy: str, workload: str) -> list[dict[str, Any]]:
         return [r for r in self.summary if r["strategy"] == strategy and r["workload"] == workload]
@@ -75,16 +81,20 @@ class Data:
 
 
 def results_table(d: Data) -> str:
+    docker = any(r.get("cpu_limit") is not None for r in d.summary)
     head = (
-        "| workload | strategy | slots | jobs/s median (min-max) | % of limit | queue wait p50 / p95 / p99 ms "
+        "| workload | strategy | "
+        + ("CPU limit | " if docker else "")
+        + "slots | jobs/s median (min-max) | % of limit | queue wait p50 / p95 / p99 ms "
         "| run p50 / p95 ms | end-to-end p50 / p95 / p99 ms | peak PSS MiB (idle) | peak USS / RSS MiB "
         "| CPU s / 1k jobs | cores busy | other load (cores) | runs ok |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in d.summary:
         ok = f"{r['runs_ok']}/{r['runs']}" + (" ⚠" if r.get("problems") else "")
+        limit = f"{r.get('cpu_limit', 0):g} | " if docker else ""
         lines.append(
-            f"| {r['workload']} | {r['strategy']} | {r['concurrency']} "
+            f"| {r['workload']} | {r['strategy']} | {limit}{r['concurrency']} "
             f"| {rate(r['throughput_jobs_s'])} ({rate(r['throughput_min'])}-{rate(r['throughput_max'])}) "
             f"| {f(r['pct_of_limit'], 0)}% "
             f"| {ms(r['wait_p50_s'])} / {ms(r['wait_p95_s'])} / {ms(r['wait_p99_s'])} "
@@ -94,6 +104,67 @@ def results_table(d: Data) -> str:
             f"| {f(r['cpu_s_per_1k_jobs'], 2)} | {f(r['cores_busy'], 2)} | {f(r.get('other_cores'), 2)} | {ok} |"
         )
     return "\n".join(lines)
+
+
+def _values(v: Any) -> str:
+    vals = [str(int(x)) if isinstance(x, int | float) else "?" for x in (v or [])]
+    return "/".join(vals) if vals else "—"
+
+
+def cpu_limit_section(d: Data) -> list[str]:
+    """Container experiments: throughput against the CPU limit, per strategy and workload."""
+    rows = [r for r in d.summary if r.get("cpu_limit") is not None]
+    if not rows:
+        return []
+    dk = d.meta.get("docker") or {}
+    out = [
+        f"Each cell ran in a fresh worker container (`{dk.get('image', '?')}`) limited to the CPU limit "
+        f"(`nano_cpus`, a CFS quota) and {f(dk.get('memory_limit_mib'), 0)} MiB (`mem_limit`, no swap). "
+        "Detected CPUs and pool size are the worker's own (`poolq_available_cpus`, `poolq_pool_size` from its "
+        "/metrics): they must follow the quota. Jobs/s per CPU = jobs/s / CPU limit; scaling = jobs/s / jobs/s at "
+        "the smallest limit of the same strategy and workload, against the ratio of the limits (linear). Worker PSS "
+        "is the worker's process tree (its metrics); container memory is the cgroup's working set (usage minus "
+        "inactive file cache, as `docker stats`), peak of the Docker API's stats under load, against the limit. "
+        "Container CPU includes the image's health check; throttled = time the CFS quota held the container back. "
+        "In the results table above, for these cells, PSS/RSS are the worker's own metrics (it samples its tree "
+        "every 2 s; the producer scrapes every 0.5 s), CPU is the container's and “% of limit” uses the cell's CPU "
+        "limit.",
+        "",
+        "| workload | strategy | CPU limit | detected CPUs | pool size | jobs/s median (min-max) | jobs/s per CPU "
+        "| scaling (linear) | worker PSS peak MiB (idle) | container memory peak / limit MiB "
+        "| container CPU s / 1k jobs | cores busy | throttled s | healthy after s | runs ok |",
+        "|" + "---|" * 15,
+    ]
+    base: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: float(r["cpu_limit"])):
+        base.setdefault((r["workload"], r["strategy"]), r)
+    for r in rows:
+        b = base[(r["workload"], r["strategy"])]
+        scaling = "—"
+        if r.get("throughput_jobs_s") and b.get("throughput_jobs_s") and b is not r:
+            ratio = float(r["throughput_jobs_s"]) / float(b["throughput_jobs_s"])
+            scaling = f"{ratio:.2f}x ({float(r['cpu_limit']) / float(b['cpu_limit']):.2g}x)"
+        elif b is r:
+            scaling = "1x"
+        ok = f"{r['runs_ok']}/{r['runs']}" + (" ⚠" if r.get("problems") else "")
+        out.append(
+            f"| {r['workload']} | {r['strategy']} | {float(r['cpu_limit']):g} | {_values(r.get('detected_cpus'))} "
+            f"| {_values(r.get('pool_sizes'))} "
+            f"| {rate(r['throughput_jobs_s'])} ({rate(r['throughput_min'])}-{rate(r['throughput_max'])}) "
+            f"| {rate(r.get('jobs_per_s_per_cpu'))} | {scaling} "
+            f"| {f(r.get('peak_pss_mib'))} ({f(r.get('idle_pss_mib'))}) "
+            f"| {f(r.get('container_mem_peak_mib'))} / {f(r.get('container_mem_limit_mib'), 0)} "
+            f"| {f(r.get('cpu_s_per_1k_jobs'), 2)} | {f(r.get('cores_busy'), 2)} "
+            f"| {f(r.get('container_throttled_s'), 2)} | {f(r.get('healthy_after_s'), 1)} | {ok} |"
+        )
+    mismatched = [
+        f"{r['strategy']}@{float(r['cpu_limit']):g}: detected {_values(r.get('detected_cpus'))}"
+        for r in rows
+        if r.get("detected_cpus") and any(c != math.ceil(float(r["cpu_limit"])) for c in r["detected_cpus"])
+    ]
+    if mismatched:
+        out += ["", "**The worker did not detect the quota** (expected ceil(CPU limit)): " + "; ".join(mismatched)]
+    return out
 
 
 def limits_note(d: Data) -> str:
@@ -470,6 +541,9 @@ def _slot_costs(d: Data) -> dict[tuple[str, int], tuple[float, float]]:
 def render(results: dict[str, Any], out: Path | None = None) -> str:
     d = Data(results)
     m = d.meta
+    dk = m.get("docker")
+    limits = [float(c) for c in (dk or {}).get("cpu_limits") or []]
+    claims_data = Data(results, max(limits)) if limits else d
     lines = [
         f"# poolq load experiment — {str(m.get('started', ''))[:16].replace('T', ' ')} UTC",
         "",
@@ -477,6 +551,16 @@ def render(results: dict[str, Any], out: Path | None = None) -> str:
         f"{m.get('python')} · rq {m.get('rq')} · redis-server {m.get('redis_server')} · poolq {m.get('poolq')} · "
         f"{m.get('repeats')} repeat(s), medians · {f(m.get('elapsed_s'), 0)} s in all"
         + (" · **interrupted**" if m.get("interrupted") else ""),
+        *(
+            [
+                "",
+                f"Worker containers: image `{dk.get('image')}`, CPU limits {', '.join(f'{c:g}' for c in limits)}, "
+                f"memory limit {f(dk.get('memory_limit_mib'), 0)} MiB; Docker engine {dk.get('engine')} "
+                f"({dk.get('engine_cpus')} CPUs, cgroup v{dk.get('cgroup_version')}).",
+            ]
+            if dk
+            else []
+        ),
         "",
         "Jobs per cell (all enqueued at once, to a worker already running and warmed up): "
         + "; ".join(f"{w} x {m['counts'].get(w)} = `{m['specs'].get(w)}`" for w in m.get("workloads", []))
@@ -496,6 +580,9 @@ def render(results: dict[str, Any], out: Path | None = None) -> str:
                 for r in d.summary if r.get("problems")]  # fmt: skip
     if problems:
         lines += ["", "**Problems** (⚠ above):", "", *problems]
+    cl = cpu_limit_section(d)
+    if cl:
+        lines += ["", "## Throughput vs CPU limit", "", *cl]
     su = startup_section(d)
     if su:
         lines += ["", "## Start-up", "", *su]
@@ -506,15 +593,18 @@ def render(results: dict[str, Any], out: Path | None = None) -> str:
         "",
         "## The articles' claims, checked against these numbers",
         "",
-        "Sources: the four articles in `seeds/`: " + "; ".join(f"{k} = {v}" for k, v in SOURCES.items()) + ".",
+        "Sources: the four articles in `seeds/`: "
+        + "; ".join(f"{k} = {v}" for k, v in SOURCES.items())
+        + "."
+        + (f" Container experiment: the cells at the largest CPU limit ({max(limits):g})." if limits else ""),
         "",
-        *claims(d),
+        *claims(claims_data),
         "Not measured here: isolation (“a bug or memory leak in one process won't affect other processes”, A) "
         "is covered by the worker's crash tests, not by this experiment; race conditions are a property of the "
         "code, not of the pool.",
     ]
     charts = [("throughput.png", "Throughput"), ("latency_cdf.png", "Latency CDFs"), ("memory.png", "Memory"),
-              ("timeouts.png", "Timeouts")]  # fmt: skip
+              ("cpu_scaling.png", "Throughput vs CPU limit"), ("timeouts.png", "Timeouts")]  # fmt: skip
     present = [(n, t) for n, t in charts if out is None or (out / n).exists()]
     if present:
         lines += ["", "## Charts", ""]
