@@ -42,6 +42,8 @@ class Option:
     count: int
     problems: list[str]
     cpu_s_per_job: float | None = None  # the worker tree's CPU seconds per finished job, at saturation
+    cpu_limit: float | None = None  # --docker: the container's CPU limit it was measured under
+    container_mem_peak_mib: float | None = None  # --docker: the container's peak working set under load
     replicas: int = 0
     rho: float = math.nan
     p_wait: float = math.nan
@@ -55,7 +57,12 @@ class Option:
 
     @property
     def label(self) -> str:
-        return f"{self.strategy}x{self.slots}"
+        return f"{self.strategy}x{self.slots}" + (f"@{self.cpu_limit:g}cpu" if self.cpu_limit is not None else "")
+
+    @property
+    def name(self) -> str:
+        """The table's first column: the strategy, and the container's CPU limit when measured in one."""
+        return self.strategy + (f"@{self.cpu_limit:g}cpu" if self.cpu_limit is not None else "")
 
     @property
     def total_cpus(self) -> float:
@@ -118,6 +125,8 @@ class Option:
             "why_not": self.why_not,
             "notes": self.notes,
             "cpu_s_per_job": self.cpu_s_per_job,
+            "cpu_limit": self.cpu_limit,
+            "container_mem_peak_mib": self.container_mem_peak_mib,
         }
 
 
@@ -138,6 +147,18 @@ def load_results(path: Path) -> dict[str, Any]:
     return data
 
 
+# A container's memory limit: its peak working set under a saturating burst, plus a quarter for
+# what the burst did not show (bigger inputs, a slower drain), rounded up to 16 MiB, never below
+# the floor --docker refuses to start a worker under (producer/containers.py).
+MEMORY_HEADROOM = 1.25
+MEMORY_STEP_MIB = 16
+MEMORY_FLOOR_MIB = 128
+
+
+def memory_limit_mib(peak_mib: float) -> float:
+    return float(max(MEMORY_FLOOR_MIB, math.ceil(peak_mib * MEMORY_HEADROOM / MEMORY_STEP_MIB) * MEMORY_STEP_MIB))
+
+
 def options_from(results: dict[str, Any], workload: str) -> list[Option]:
     rows = [r for r in results["summary"] if r.get("workload") == workload]
     if not rows:
@@ -155,6 +176,18 @@ def options_from(results: dict[str, Any], workload: str) -> list[Option]:
         cpu_per = _round_up_half(float(busy)) if busy is not None else float(cpus)
         cpu_per = min(cpu_per, float(cpus))
         mem = r.get("peak_pss_mib")
+        cpu_limit = r.get("cpu_limit")
+        container_peak = r.get("container_mem_peak_mib")
+        notes: list[str] = []
+        if cpu_limit is not None:
+            # Measured in a container: give each replica the CPU limit it ran under and a memory
+            # limit from the container's own peak (the cgroup's figure, what the limit enforces).
+            cpu_per = float(cpu_limit)
+            if container_peak is not None:
+                mem = memory_limit_mib(float(container_peak))
+                measured_limit = r.get("container_mem_limit_mib") or r.get("memory_limit_mib")
+                if measured_limit and float(container_peak) > 0.9 * float(measured_limit):
+                    notes.append(f"peaked at {float(container_peak):.0f} of its {float(measured_limit):.0f} MiB limit")
         out.append(
             Option(
                 strategy=str(r["strategy"]),
@@ -170,6 +203,9 @@ def options_from(results: dict[str, Any], workload: str) -> list[Option]:
                 count=int(r.get("count") or 0),
                 problems=list(r.get("problems") or []),
                 cpu_s_per_job=float(r["cpu_s_per_1k_jobs"]) / 1000.0 if r.get("cpu_s_per_1k_jobs") else None,
+                cpu_limit=float(cpu_limit) if cpu_limit is not None else None,
+                container_mem_peak_mib=float(container_peak) if container_peak is not None else None,
+                notes=notes,
             )
         )
     return out
@@ -355,6 +391,14 @@ def make_plan(
         + f"; cost = CPUs + GiB / {gib_per_cpu:g} (a typical cloud price ratio).",
         "Queue wait is started_at - enqueued_at; end-to-end adds the run time.",
     ]
+    if any(o.cpu_limit is not None for o in opts):
+        assumptions[2] = (  # instead of "the CPUs it kept busy ... its peak PSS"
+            "Measured in containers (--docker): a replica gets the CPU limit it was measured under and a memory "
+            f"limit of its container's peak working set under load x {MEMORY_HEADROOM:g}, rounded up to "
+            f"{MEMORY_STEP_MIB} MiB, at least {MEMORY_FLOOR_MIB} MiB; the same strategy under different limits is "
+            "a different option (more small containers or fewer big ones); replicas scale linearly (no shared "
+            "bottleneck but Redis, which is not modelled)."
+        )
     if shared_cpus is not None:
         assumptions.append(
             f"The replicas share {shared_cpus:g} CPUs: together they do at most {shared_cpus:g} / "
@@ -372,7 +416,7 @@ def render(plan: Plan) -> str:
     cap = f", at most {plan.max_cpus:g} CPUs" if plan.max_cpus is not None else ""
     lines = [f"Plan for {plan.arrival_rate:g} {plan.workload} jobs/s{slo}{cap}:", ""]
     head = (
-        f"{'strategy':<12} {'slots':>5} {'mu/slot':>8} {'replicas':>8} {'CPUs':>6} {'memory':>10} "
+        f"{'strategy':<14} {'slots':>5} {'mu/slot':>8} {'replicas':>8} {'CPUs':>6} {'memory':>10} "
         f"{'util':>5} {'P(wait)':>7} {'p95 wait':>9} {'M/G/c p95':>9}  note"
     )
     lines += [head, "-" * len(head)]
@@ -380,10 +424,10 @@ def render(plan: Plan) -> str:
         mark = "  <- recommended" if o is plan.recommended else ""
         note = o.why_not if not o.feasible else ("; ".join(o.notes) if o.notes else "")
         if not o.replicas:
-            lines.append(f"{o.label:<12} {o.slots:>5} {o.mu:>8.2f} {'—':>8}  {note}")
+            lines.append(f"{o.name:<14} {o.slots:>5} {o.mu:>8.2f} {'—':>8}  {note}")
             continue
         lines.append(
-            f"{o.strategy:<12} {o.slots:>5} {o.mu:>8.2f} {o.replicas:>8} {o.total_cpus:>6.1f} "
+            f"{o.name:<14} {o.slots:>5} {o.mu:>8.2f} {o.replicas:>8} {o.total_cpus:>6.1f} "
             f"{num(o.total_mem_mib, ',.0f') + ' MiB':>10} {o.rho:>5.2f} {o.p_wait:>7.3f} "
             f"{num(o.p95_wait, '.3f') + ' s':>9} {num(o.p95_wait_mgc, '.3f') + ' s':>9}  {note}{mark}"
         )
@@ -397,6 +441,14 @@ def render(plan: Plan) -> str:
             f"{num(r.p95_wait, '.3f')} s (M/M/c; {num(r.p95_wait_mgc, '.3f')} s with the measured service-time "
             f"variability, M/G/c)."
         )
+        if r.cpu_limit is not None:
+            m = f"{r.mem_per_replica_mib:.0f}m" if math.isfinite(r.mem_per_replica_mib) else "(not measured)"
+            lines.append(
+                f"Per container: {r.cpu_limit:g} CPU(s), memory limit {m} (docker run --cpus {r.cpu_limit:g} "
+                f"--memory {m}; compose cpus: {r.cpu_limit:g}, mem_limit: {m}; Kubernetes cpu: {r.cpu_limit:g}, "
+                f"memory: {m.removesuffix('m')}Mi); measured peak {num(r.container_mem_peak_mib or math.nan, '.0f')} "
+                f"MiB, the worker detecting {math.ceil(r.cpu_limit)} CPU(s) and sizing its pool from them."
+            )
         k = plan.keda()
         if k is not None:
             length = k["listLength"]
