@@ -172,6 +172,36 @@ def strategy_comparison() -> dict[str, Any]:
                 "short",
             ),
             panel(
+                "auto: where its jobs ran (sub-pool per function)",
+                [
+                    (
+                        f'sum by (pool, function) (rate(poolq_jobs_ended_total{{{QSEL}, strategy="auto", '
+                        f'status="finished"}}[{RI}]))',
+                        "{{function}} in {{pool}}s",
+                    ),
+                ],
+                "reqps",
+                description=(
+                    "The auto strategy routes each function to its thread pool or its process pool by the "
+                    "function's measured CPU time / wall time (or a hint): finished jobs per second by the "
+                    "sub-pool that ran them. Each change of a function's class is logged by the worker and "
+                    "counted as the route_changed event."
+                ),
+            ),
+            panel(
+                "auto: route changes (5 min)",
+                [
+                    (
+                        f'sum by (instance) (increase(poolq_worker_events_total{{{SEL}, strategy="auto", '
+                        f'event="route_changed"}}[5m]))',
+                        "{{instance}}",
+                    ),
+                ],
+                "short",
+                description="Functions that changed class (new -> cpu/io, cpu <-> io): many means a function near "
+                "the line, or a workload that changes.",
+            ),
+            panel(
                 "Pool size and detected CPUs per worker",
                 [
                     (f"poolq_pool_size{{{SEL}}}", "{{instance}} pool"),

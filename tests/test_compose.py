@@ -9,45 +9,62 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import docker_helpers
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SANDBOX = ROOT.parent / "shared" / "tools" / "docker-sandbox"
+ROOT = docker_helpers.ROOT
+SANDBOX = docker_helpers.SANDBOX
 PROJECT = "poolq-smoke"
-SERVICES = ("redis", "worker-thread", "worker-process", "producer", "prometheus")
+# One worker service per pool strategy, each consuming the queue named after its strategy.
+WORKERS = {"worker-thread": "thread", "worker-process": "process", "worker-hybrid": "hybrid", "worker-auto": "auto"}
+SERVICES = ("redis", *WORKERS, "producer", "prometheus")
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(1500)]
 
 
-def _engine_up() -> bool:
-    return (
-        shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-    )
+def test_every_worker_service_is_wired_like_the_others() -> None:
+    """No engine needed: compose.yaml's worker services share the worker template (image, health
+    check, stop grace, Redis dependency), each has the CPU quota and its own queue; the demo
+    feeds every queue; Prometheus' DNS service discovery names every service; the producer and
+    Prometheus wait for all of them; the producer's metrics URLs name each one by strategy."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = doc["services"]
+    assert {n for n in services if n.startswith("worker-")} == set(WORKERS)
+    template = services["worker-thread"]
+    for name, strategy in WORKERS.items():
+        svc = services[name]
+        for key in ("image", "build", "healthcheck", "stop_grace_period", "stop_signal", "environment"):
+            assert svc[key] == template[key], (name, key)
+        assert svc["depends_on"] == {"redis": {"condition": "service_healthy"}}, name
+        assert svc["cpus"] == "${WORKER_CPUS:-2}", name
+        assert svc["command"] == ["python", "-m", "worker", "--strategy", strategy, "--queues", strategy], name
+    producer = services["producer"]
+    demo_queues = producer["command"][producer["command"].index("--queues") + 1].split(",")
+    assert sorted(demo_queues) == sorted(WORKERS.values())
+    for dependent in ("producer", "prometheus"):
+        deps = services[dependent]["depends_on"]
+        assert all(deps.get(n) == {"condition": "service_healthy"} for n in WORKERS), (dependent, deps)
+    from producer.experiment import parse_worker_metrics
+
+    urls = parse_worker_metrics(producer["environment"]["PRODUCER_WORKER_METRICS"])
+    assert urls == {s: [f"http://{n}:8000/metrics"] for n, s in WORKERS.items()}, urls
+    prom = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "poolq-worker"]
+    (sd,) = job["dns_sd_configs"]
+    assert sorted(sd["names"]) == sorted(WORKERS) and sd["port"] == 8000
 
 
-def _ensure_engine() -> str | None:
-    """None when an engine runs (starting the sandbox if needed), else the reason to skip."""
-    if _engine_up() and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        if SANDBOX.exists():  # stand-ins and the wheelhouse are still needed without a registry
-            subprocess.run(["bash", str(SANDBOX), "up", str(ROOT)], capture_output=True, timeout=1800)
-        return None
-    if not SANDBOX.exists():
-        return f"no Docker engine running and no {SANDBOX} to start one"
-    if os.geteuid() != 0:
-        return "no Docker engine running and docker-sandbox needs root to start one"
-    r = subprocess.run(["bash", str(SANDBOX), "up", str(ROOT)], capture_output=True, text=True, timeout=1800)
-    if r.returncode != 0 or not _engine_up():
-        return f"docker-sandbox could not start an engine: {r.stderr.strip()[-500:]}"
-    return None
+_engine_up = docker_helpers.engine_up
+_ensure_engine = docker_helpers.ensure_engine  # test_compose_scale.py uses it too
 
 
 def compose(*args: str, env: dict[str, str], timeout: float = 900, check: bool = True) -> str:
@@ -66,12 +83,7 @@ def prom_query(port: int, expr: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = docker_helpers.free_port
 
 
 @pytest.fixture(scope="module")
@@ -128,29 +140,55 @@ def test_services_healthy_targets_up_and_demo_jobs_done(stack: dict[str, Any]) -
         return [t for t in prom_query(port, 'up{job="poolq-worker"}') if t["value"][1] == "1"]
 
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(targets_up()) < 2:
+    while time.monotonic() < deadline and len(targets_up()) < len(WORKERS):
         time.sleep(2)
-    assert len(targets_up()) == 2, prom_query(port, "up")
+    up = targets_up()
+    assert len(up) == len(WORKERS), prom_query(port, "up")
+    assert {t["metric"]["service"] for t in up} == set(WORKERS), up
 
-    # Both workers finished demo jobs.
+    # Every worker finished demo jobs from its own queue.
     def finished() -> dict[str, float]:
-        res = prom_query(port, 'sum by (strategy) (poolq_jobs_ended_total{status="finished"})')
-        return {r["metric"]["strategy"]: float(r["value"][1]) for r in res}
+        res = prom_query(port, 'sum by (strategy, queue) (poolq_jobs_ended_total{status="finished"})')
+        own = [r for r in res if r["metric"]["queue"] == r["metric"]["strategy"]]
+        return {r["metric"]["strategy"]: float(r["value"][1]) for r in own}
 
     deadline = time.monotonic() + 180
     done: dict[str, float] = {}
     while time.monotonic() < deadline:
         done = finished()
-        if done.get("thread", 0) > 0 and done.get("process", 0) > 0:
+        if all(done.get(s, 0) > 0 for s in WORKERS.values()):
             break
         time.sleep(3)
-    assert done.get("thread", 0) > 0 and done.get("process", 0) > 0, done
+    assert all(done.get(s, 0) > 0 for s in WORKERS.values()), done
 
-    # The pools follow the CPU quota (WORKER_CPUS=1), not the host's cores.
+    # The pools follow the CPU quota (WORKER_CPUS=1), not the host's cores: thread 1 x 8 threads,
+    # process 1 child, hybrid 1 child x 8 threads, auto 8 threads + 1 child.
     sizes = {r["metric"]["strategy"]: (float(r["value"][1])) for r in prom_query(port, "poolq_available_cpus")}
-    assert sizes == {"thread": 1.0, "process": 1.0}, sizes
+    assert sizes == dict.fromkeys(WORKERS.values(), 1.0), sizes
     pools = {r["metric"]["strategy"]: float(r["value"][1]) for r in prom_query(port, "poolq_pool_size")}
-    assert pools["process"] == 1.0 and pools["thread"] >= 1.0, pools
-    log = containers(client)["worker-process"].logs().decode()
-    assert "available_cpus=1" in log and "cgroup" in log, log[-2000:]
-    print(f"compose smoke: states={states} finished={done} available_cpus={sizes} pool_size={pools}")
+    assert pools == {"thread": 8.0, "process": 1.0, "hybrid": 8.0, "auto": 9.0}, pools
+    children = {
+        r["metric"]["strategy"]: float(r["value"][1])
+        for r in prom_query(port, 'poolq_worker_tree_processes{role="pool"}')
+    }
+    assert children.get("process") == children.get("hybrid") == children.get("auto") == 1.0, children
+    for name in WORKERS:
+        log = containers(client)[name].logs().decode()
+        assert "available_cpus=1" in log and "cgroup" in log, (name, log[-2000:])
+    auto_log = containers(client)["worker-auto"].logs().decode()
+    assert "auto: a thread pool of 8 and a process pool of 1" in auto_log, auto_log[-2000:]
+    assert "hybrid pool: 1 processes x 8 threads" in containers(client)["worker-hybrid"].logs().decode()
+
+    # auto learned the demo's functions: its jobs ran in both of its sub-pools.
+    def auto_pools() -> set[str]:
+        res = prom_query(port, 'sum by (pool) (poolq_jobs_ended_total{strategy="auto", status="finished"})')
+        return {r["metric"]["pool"] for r in res if float(r["value"][1]) > 0}
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and auto_pools() != {"thread", "process"}:
+        time.sleep(3)
+    assert auto_pools() == {"thread", "process"}, auto_pools()
+    print(
+        f"compose smoke: states={states} finished={done} available_cpus={sizes} pool_size={pools} "
+        f"children={children} auto pools={auto_pools()}"
+    )

@@ -2,7 +2,7 @@
 
 Grafana has no stand-in image here, so each panel's query is run the way Grafana would run
 it: variables substituted ("All" = ``.*``, ``$__rate_interval`` = 1m) and sent to a real
-Prometheus that scraped real workers (thread and process) running the compose demo load.
+Prometheus that scraped real workers (thread, process, hybrid, auto) running the compose demo load.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 RULES = ROOT / "prometheus" / "rules" / "poolq.yml"
+# The worker services of compose.yaml: every per-strategy panel must show each of them.
+STRATEGIES = ("thread", "process", "hybrid", "auto")
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -98,11 +100,12 @@ def test_provisioning_points_at_the_dashboards() -> None:
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterator[PrometheusServer]:
-    """Thread and process workers under the demo load, scraped by a Prometheus with our rules."""
+    """A worker of every pool strategy the compose stack runs (thread, process, hybrid, auto), each
+    on its own queue, under the demo load, scraped by a Prometheus with our rules."""
     url = redis_server.url
     client = redis_server.client()
     client.flushall()
-    ports = {"thread": free_port(), "process": free_port()}
+    ports = {s: free_port() for s in STRATEGIES}
     workers = [
         start_worker(url, strategy=s, concurrency=2, queues=s, extra_args=["--metrics-port", str(p)])
         for s, p in ports.items()
@@ -113,7 +116,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iter
             "-m",
             "producer.demo",
             "--queues",
-            "thread,process",
+            ",".join(STRATEGIES),
             "--rate",
             "10",
             "--duration",
@@ -164,12 +167,28 @@ def test_every_panel_query_returns_data(scraped: PrometheusServer) -> None:
 
 
 def test_panel_series_carry_the_strategies(scraped: PrometheusServer) -> None:
-    """Per-strategy panels show both strategies (the point of the dashboards)."""
+    """Per-strategy panels show every strategy of the stack (the point of the dashboards)."""
     per_strategy = [substitute(e) for _, _, e in panel_queries() if "by (strategy)" in e and "increase(" not in e]
     _wait_all(scraped, per_strategy, timeout=120)
     for e in per_strategy:
         strategies = {r["metric"].get("strategy") for r in scraped.query(e)}
-        assert strategies == {"thread", "process"}, (e, strategies)
+        assert strategies == set(STRATEGIES), (e, strategies)
+
+
+def test_auto_panel_shows_both_sub_pools(scraped: PrometheusServer) -> None:
+    """The demo mix has CPU-bound and I/O-bound functions: once auto has learned them, its panel
+    shows jobs finished in its process pool and in its thread pool."""
+    (expr,) = [substitute(e) for _, t, e in panel_queries() if t.startswith("auto: where")]
+
+    def pools() -> set[str]:
+        return {r["metric"].get("pool", "") for r in scraped.query(expr) if float(r["value"][1]) > 0}
+
+    deadline = time.monotonic() + 120
+    seen: set[str] = set()
+    while time.monotonic() < deadline and not {"thread", "process"} <= seen:
+        seen = pools()
+        time.sleep(2)
+    assert {"thread", "process"} <= seen, seen
 
 
 def test_dashboard_variables_resolve(scraped: PrometheusServer) -> None:
