@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import redis.exceptions
 from rq.defaults import DEFAULT_FAILURE_TTL
-from rq.job import Job, JobStatus
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
+from rq.rate_limit import release_slot
 from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.scheduler import RQScheduler
@@ -51,12 +53,10 @@ from worker.errors import (
 )
 from worker.hooks import HookChain
 from worker.recovery import WORKER_TTL_FIELD, Recovery
+from worker.strategies import Strategy
 
 if TYPE_CHECKING:
-    from rq.executions import Execution
-
     from worker.cpus import CpuInfo
-    from worker.strategies import Strategy
 
 log = logging.getLogger("worker")
 
@@ -68,7 +68,36 @@ STOPPED_JOB_GRACE_SECONDS = 4.0
 # (the job then stays in the started registry and RQ's clean-up fails it as abandoned).
 REDIS_OUTAGE_BUDGET_SECONDS = 600.0
 
-AGAIN = object()  # _dequeue: nothing this time, but do not take it for empty queues
+# Most jobs one dequeue round trip takes: one per free slot (never more: no prefetch), capped.
+DEQUEUE_BATCH = 32
+
+# KEYS: queue list, its intermediate list. ARGV: most jobs to take, job key prefix.
+# Returns [id1, fields1, id2, fields2, ...]: each job moved to the intermediate list exactly as
+# RQ's LMOVE dequeue does, with its hash read in the same round trip (empty: no such hash).
+_DEQUEUE_LUA = """
+local out = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not id then break end
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGETALL', ARGV[2] .. id)
+end
+return out
+"""
+
+# KEYS: the job's dependents set. ARGV: n1, command 1 (n1 words), n2, command 2, ...
+# Applies the commands only if the job has no dependents (0: nothing written, the caller falls
+# back to RQ's WATCH/MULTI path, which enqueues them); atomic like RQ's WATCH + MULTI/EXEC.
+_APPLY_UNLESS_DEPENDENTS_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local i, n = 1, #ARGV
+while i <= n do
+  local c = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + c))
+  i = i + c + 1
+end
+return 1
+"""
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
@@ -79,8 +108,8 @@ class Ticket:
 
     job: Job
     queue: Queue
-    execution: Execution
     enqueued_at: float | None
+    execution: Execution | None = None  # registered by the slot, in :meth:`PoolWorker._prepare`
     started: float = field(default_factory=time.monotonic)
     deadline: float | None = None
     token: object = None
@@ -106,6 +135,83 @@ class Ticket:
                 return False
             self._released = True
             return True
+
+
+def install_rq_fast_paths() -> None:
+    """Make two of RQ's per-job helpers cheap, with the same results, in this process.
+
+    A py-spy profile of a thread worker on 10,000 no-op jobs (docs/performance.md) put ~10 % of
+    the samples holding the GIL in ``rq.serializers.resolve_serializer``: every ``Job``,
+    ``Result`` and registry object RQ creates (several per job) checks its serializer with
+    ``isinstance(x, Serializer)`` against a runtime-checkable ``Protocol``, which on Python 3.11
+    re-lists the protocol's attributes each time. And ~4 % in ``_strptime``: ``Job.restore``
+    parses its timestamps with ``datetime.strptime``.
+
+    - ``resolve_serializer`` is memoised per argument (a class, a dotted path, None: each always
+      resolves to the same object; unhashable arguments go to RQ's own function);
+    - ``utcparse`` takes ``datetime.fromisoformat`` for strings of exactly RQ's own shape
+      (``YYYY-MM-DDTHH:MM:SS.ffffffZ``, the one ``utcformat`` writes), which gives the same
+      aware UTC datetime; anything else goes to RQ's own function (same result, same errors).
+
+    The names are replaced in the ``rq`` modules that imported them; idempotent.
+    """
+    import datetime as dt
+
+    import rq.serializers
+    import rq.utils
+
+    resolve = rq.serializers.resolve_serializer
+    if not getattr(resolve, "poolq_fast", False):
+        cache: dict[Any, Any] = {}
+
+        def resolve_serializer(serializer: Any = None) -> Any:
+            try:
+                return cache[serializer]
+            except KeyError:
+                pass
+            except TypeError:  # unhashable: RQ's own check every time
+                return resolve(serializer)
+            resolved = resolve(serializer)
+            if len(cache) < 64:
+                cache[serializer] = resolved
+            return resolved
+
+        resolve_serializer.poolq_fast = True  # type: ignore[attr-defined]
+        _replace_in_rq("resolve_serializer", resolve, resolve_serializer)
+
+    parse = rq.utils.utcparse
+    if not getattr(parse, "poolq_fast", False):
+        fromisoformat = dt.datetime.fromisoformat
+
+        def utcparse(string: str) -> dt.datetime:
+            if len(string) == 27 and string[10] == "T" and string[19] == "." and string[26] == "Z":
+                try:
+                    return fromisoformat(string)
+                except ValueError:
+                    pass
+            return parse(string)
+
+        utcparse.poolq_fast = True  # type: ignore[attr-defined]
+        _replace_in_rq("utcparse", parse, utcparse)
+
+
+def _replace_in_rq(name: str, old: Any, new: Any) -> None:
+    for module_name, module in list(sys.modules.items()):
+        if (module_name == "rq" or module_name.startswith("rq.")) and getattr(module, name, None) is old:
+            setattr(module, name, new)
+
+
+def _pid_exists(pid: int) -> bool:
+    """``psutil.pid_exists`` without importing psutil into every worker (metrics import it)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def status_of(exc: BaseException | None) -> str:
@@ -176,7 +282,11 @@ class PoolWorker(BaseWorker):
         )
         self.recovery_interval = recovery_interval
         self._slots = threading.BoundedSemaphore(strategy.capacity)
-        self._tickets: dict[str, Ticket] = {}
+        # Strategies that gate admission themselves (auto) get one job per dequeue.
+        self._batch = 1 if type(strategy).admit is not Strategy.admit else min(DEQUEUE_BATCH, strategy.capacity)
+        self._dequeue_script = connection.register_script(_DEQUEUE_LUA)
+        self._apply_script = connection.register_script(_APPLY_UNLESS_DEPENDENTS_LUA)
+        self._tickets: dict[Ticket, None] = {}
         self._changed = threading.Condition()
         self._stop_requested = False
         self._cold = False
@@ -228,87 +338,109 @@ class PoolWorker(BaseWorker):
             if not self.strategy.admit(0.5):  # auto: a dequeued job still waits for its sub-pool
                 self._slots.release()
                 continue
+            free = 1  # every slot free right now: one dequeue round trip fills them all
+            while free < self._batch and self._slots.acquire(blocking=False):
+                free += 1
             try:
-                result = self._dequeue(burst)
+                jobs, more = self._dequeue(burst, free)
             except BaseException:
-                self._slots.release()
+                for _ in range(free):
+                    self._slots.release()
                 raise
-            if result is AGAIN:  # a bad job was rejected or Redis hiccuped: the queues may hold more
+            for _ in range(free - len(jobs)):
                 self._slots.release()
+            for job, queue in jobs:
+                self._start(job, queue)
+            if jobs:
+                worked = True
                 continue
-            if result is None:
-                self._slots.release()
-                if burst:
-                    with self._changed:
-                        if not self._tickets:
-                            log.info("burst: queues empty and nothing in flight, quitting")
-                            break
-                        self._changed.wait(0.5)
+            if more:  # a bad job was rejected or Redis hiccuped: the queues may hold more
                 continue
-            worked = True
-            assert isinstance(result, tuple)
-            self._start(*result)
+            with self._changed:
+                idle = not self._tickets
+            if idle and self.get_state() != WorkerStatus.IDLE:
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self.set_state(WorkerStatus.IDLE)
+            if burst:
+                with self._changed:
+                    if not self._tickets:
+                        log.info("burst: queues empty and nothing in flight, quitting")
+                        break
+                    self._changed.wait(0.5)
         return worked
 
-    def _dequeue(self, burst: bool) -> tuple[Job, Queue] | object | None:
-        """One dequeue attempt: a job; None when the queues are empty; AGAIN after a rejected
-        bad job or a Redis error (the queues may still hold work).
+    def _dequeue(self, burst: bool, n: int) -> tuple[list[tuple[Job, Queue]], bool]:
+        """Up to ``n`` jobs, and whether the queues may hold more (False: they were empty).
 
         Every queue is read with LMOVE into its intermediate list, never with BLPOP, so a job
         is always somewhere recovery can find it, also with several queues (RQ uses BLPOP then).
+        The LMOVEs and the job hashes' HGETALLs are one Lua call (:data:`_DEQUEUE_LUA`), one
+        round trip for every free slot; each hash is read into a Job as ``Job.fetch`` does.
+        A hash that cannot be read fails its job (:meth:`reject_malformed`) and the rest go on.
         """
         try:
-            popped = self._pop(burst)
-            if popped is None:
-                return None
-            queue, job_id = popped
-            try:
-                fetched = self.queue_class._fetch_dequeued_job(
-                    self.connection, queue.key, job_id, job_class=self.job_class, serializer=self.serializer
-                )
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                raise
-            except Exception as e:
-                self.reject_malformed(job_id, queue, e)
-                return AGAIN
-            if fetched is None:
-                if self.connection.exists(Job.key_for(job_id)):  # a hash RQ cannot read as a job
-                    self.reject_malformed(job_id, queue, MalformedJob("the job hash has no 'data' field"))
-                else:  # deleted or expired: drop the id, as RQ does
-                    self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
-                return AGAIN
-            self.reorder_queues(reference_queue=queue)
-            return fetched[0], queue
+            popped = self._pop(burst, n)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             log.error("Redis unavailable while dequeuing (%s); retrying", e)
             self.hooks.on_event(self, "redis_error")
             time.sleep(1.0)
-            return AGAIN
+            return [], True
+        jobs: list[tuple[Job, Queue]] = []
+        bad = False
+        for queue, job_id, fields in popped:
+            try:
+                job = self._job_from_hash(job_id, fields)
+            except Exception as e:
+                bad = True
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self.reject_malformed(job_id, queue, e)
+                continue
+            if job is None:  # deleted or expired: drop the id, as RQ does
+                bad = True
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                continue
+            jobs.append((job, queue))
+            self.reorder_queues(reference_queue=queue)
+        return jobs, bool(popped) or bad
 
-    def _pop(self, burst: bool) -> tuple[Queue, str] | None:
-        for queue in self._ordered_queues:
-            job_id: Any = self.connection.lmove(queue.key, queue.intermediate_queue_key)
-            if job_id is not None:
-                return queue, job_id.decode()
-        if burst:
+    def _job_from_hash(self, job_id: str, fields: dict[bytes, bytes]) -> Job | None:
+        """``Job.fetch`` from a hash already read: None when there was no hash."""
+        if not fields:
             return None
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        try:
+            job.restore(fields)
+        except NoSuchJobError:  # a hash RQ cannot read as a job
+            raise MalformedJob("the job hash has no 'data' field") from None
+        return job
+
+    def _pop(self, burst: bool, n: int) -> list[tuple[Queue, str, dict[bytes, bytes]]]:
+        out: list[tuple[Queue, str, dict[bytes, bytes]]] = []
+        prefix = self.job_class.redis_job_namespace_prefix
+        for queue in self._ordered_queues:
+            flat: Any = self._dequeue_script(
+                keys=[queue.key, queue.intermediate_queue_key], args=[n - len(out), prefix]
+            )
+            for i in range(0, len(flat), 2):
+                raw = flat[i + 1]
+                out.append((queue, flat[i].decode(), dict(zip(raw[::2], raw[1::2], strict=True))))
+            if len(out) >= n:
+                break
+        if out or burst:
+            return out
         # Nothing anywhere: block on the first queue for a moment (others are re-checked next time).
         first = self._ordered_queues[0]
-        job_id = self.connection.blmove(first.key, first.intermediate_queue_key, defaults.DEQUEUE_BLOCK_SECONDS)
-        return None if job_id is None else (first, job_id.decode())
+        job_id: Any = self.connection.blmove(first.key, first.intermediate_queue_key, defaults.DEQUEUE_BLOCK_SECONDS)
+        if job_id is None:
+            return []
+        return [(first, job_id.decode(), self.connection.hgetall(self.job_class.key_for(job_id.decode())))]
 
     def _start(self, job: Job, queue: Queue) -> None:
-        try:
-            execution = self.prepare_execution(job)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            # The job stays in the queue's intermediate list; recovery brings it back.
-            log.exception("could not register the execution of job %s", job.id)
-            self._slots.release()
-            return
         enq = job.enqueued_at.timestamp() if job.enqueued_at else None
-        ticket = Ticket(job=job, queue=queue, execution=execution, enqueued_at=enq)
+        ticket = Ticket(job=job, queue=queue, enqueued_at=enq)
         with self._changed:
-            self._tickets[execution.id] = ticket
+            self._tickets[ticket] = None
         self.jobs_started += 1
         self.strategy.submit(lambda: self._run(ticket))
 
@@ -323,16 +455,19 @@ class PoolWorker(BaseWorker):
         finally:
             self._end(ticket)
 
-    def perform_job(self, job: Job, queue: Queue, execution: Execution, ticket: Ticket | None = None) -> bool:
+    def perform_job(self, job: Job, queue: Queue, execution: Execution | None, ticket: Ticket | None = None) -> bool:
         """RQ's ``perform_job`` with the function call delegated to the strategy.
 
-        The one override point for running a job: preparation, success and failure handling are
-        RQ's own (``prepare_job_execution``, ``_finalize_success``, ``_finalize_failure``).
+        The one override point for running a job. Preparation is RQ's ``prepare_execution`` and
+        ``prepare_job_execution`` in one pipeline (:meth:`_prepare`); success is RQ's writes in
+        one Lua call (:meth:`_finish_success`), or RQ's own ``_finalize_success`` for what that
+        cannot do; failure is RQ's ``_finalize_failure``.
         """
-        ticket = ticket or self._tickets[execution.id]
+        if ticket is None:
+            ticket = next(t for t in list(self._tickets) if t.execution is execution)
         t0 = time.perf_counter()
         try:
-            self._redis_retry(lambda: self.prepare_job_execution(job, remove_from_intermediate_queue=True))
+            self._redis_retry(lambda: self._prepare(ticket))
             job.started_at = now()
             check_allowed(job.func_name, self.allowed_functions)
             timeout = job.timeout or self.default_job_timeout
@@ -353,12 +488,93 @@ class PoolWorker(BaseWorker):
             return False  # the monitor (timeout) or a drain (re-queue) already ended this job
         try:
             self._check_result(return_value)
-            self._redis_retry(lambda: self._finalize_success(job, queue, execution, return_value))
+            self._redis_retry(lambda: self._finish_success(job, queue, ticket.execution, return_value))
         except Exception:  # e.g. a result the serializer cannot store
             self._fail(ticket, sys.exc_info(), time.perf_counter() - t0)
             return False
         self._report(ticket, None, time.perf_counter() - t0)
         return True
+
+    def _prepare(self, ticket: Ticket) -> None:
+        """RQ's ``prepare_execution`` and ``prepare_job_execution``, in one round trip.
+
+        RQ runs them as two pipelines (one in the worker, one in the work horse). Here the slot
+        builds the same writes from RQ's own pieces into one pipeline: the execution
+        (``Execution.create``: its hash, the per-job execution registry, the started registry,
+        the worker's execution index), the worker's ``busy`` state (only when it changes),
+        ``job.prepare_for_execution`` (status, started_at, worker_name, last_heartbeat),
+        PERSIST of the job hash and the LREM from the queue's intermediate list. Left out:
+        the worker heartbeat per job (the monitor thread beats every few seconds) and the
+        job heartbeat HSET, which ``prepare_for_execution`` writes in the same HSET anyway.
+        """
+        job = ticket.job
+        with self.connection.pipeline() as p:
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=p, worker_name=self.name)
+            if self.get_state() != WorkerStatus.BUSY:
+                self.set_state(WorkerStatus.BUSY, pipeline=p)
+            job.prepare_for_execution(self.name, pipeline=p)
+            p.persist(job.key)
+            p.lrem(ticket.queue.intermediate_queue_key, 1, job.id)
+            p.execute()
+        self.executions[execution.id] = execution
+        ticket.execution = execution
+
+    def _finish_success(self, job: Job, queue: Queue, execution: Execution | None, return_value: Any) -> None:
+        """RQ's ``_finalize_success`` for a plain job, in one round trip instead of four or five.
+
+        RQ's path is ``handle_execution_ended`` (an HSET of its own), then
+        ``handle_job_success``: WATCH the job's dependents key, SMEMBERS, MULTI, the writes,
+        EXEC, with a Python retry loop on WatchError. Here the very same writes are built by
+        RQ's own functions (``increment_successful_job_count``, ``increment_total_working_time``,
+        ``Job._handle_success`` — job hash, ``Result`` stream entry with its TTL, finished
+        registry —, ``Job.cleanup`` and ``cleanup_execution``) into a pipeline that is never
+        sent; its commands go to one Lua call (:data:`_APPLY_UNLESS_DEPENDENTS_LUA`) that
+        applies them only if the job has no dependents, atomically, as WATCH + MULTI/EXEC do.
+
+        RQ's own ``_finalize_success`` still runs whenever this path would not behave the same:
+        the job returned a ``Retry``, has a success callback, repeats, keeps no result
+        (``result_ttl=0``: RQ then deletes the job, which reads first), or has dependents (the
+        script then writes nothing). Webhooks and the rate-limit slot are handled as RQ does,
+        after the writes.
+        """
+        assert execution is not None and job.started_at is not None  # set by _prepare and perform_job
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        if (
+            isinstance(return_value, Retry)
+            or job._success_callback_name
+            or (job.repeats_left is not None and job.repeats_left > 0)
+            or result_ttl == 0
+        ):
+            self._finalize_success(job, queue, execution, return_value)
+            return
+        job.ended_at = now()
+        job._result = return_value
+        job._status = JobStatus.FINISHED
+        p = self.connection.pipeline(transaction=False)  # records the commands; never executed
+        job.heartbeat(job.ended_at, job.success_callback_timeout, pipeline=p)
+        self.increment_successful_job_count(pipeline=p)
+        self.increment_total_working_time(job.ended_at - job.started_at, p)
+        job._handle_success(
+            result_ttl,
+            pipeline=p,
+            worker_name=self.name,
+            execution_id=execution.id,
+            execution_started_at=execution.created_at,
+            execution_ended_at=job.ended_at,
+        )
+        job.cleanup(result_ttl, pipeline=p, remove_from_queue=False)
+        self.cleanup_execution(job, pipeline=p, execution=execution)
+        argv: list[Any] = []
+        for args, _options in p.command_stack:
+            argv.append(len(args))
+            argv.extend(args)
+        p.reset()
+        if not self._apply_script(keys=[job.dependents_key], args=argv):
+            # Dependents appeared while the job ran: RQ's WATCH/MULTI path moves and enqueues them.
+            self._finalize_success(job, queue, execution, return_value)
+            return
+        release_slot(job)
+        job.send_webhooks(JobStatus.FINISHED)
 
     def _check_result(self, value: Any) -> None:
         """Refuse a result the serializer cannot store: RQ would store a placeholder silently."""
@@ -388,7 +604,8 @@ class PoolWorker(BaseWorker):
         job = ticket.job
         retries_before = job.retries_left
         try:
-            self._redis_retry(lambda: self._finalize_failure(job, ticket.queue, ticket.execution, exc_info))
+            # execution is None when the job failed before it was registered; RQ handles that.
+            self._redis_retry(lambda: self._finalize_failure(job, ticket.queue, ticket.execution, exc_info))  # type: ignore[arg-type]
         except Exception:
             log.exception("could not record the failure of job %s", job.id)
         retried = retries_before is not None and job.retries_left is not None and job.retries_left < retries_before
@@ -406,15 +623,12 @@ class PoolWorker(BaseWorker):
         )
 
     def _end(self, ticket: Ticket) -> None:
+        # The worker's ``idle`` state is set by the dequeue loop when it finds the queues empty.
         with self._changed:
-            self._tickets.pop(ticket.execution.id, None)
-            idle = not self._tickets
+            self._tickets.pop(ticket, None)
             self._changed.notify_all()
         if ticket.release_once():
             self._slots.release()
-        if idle:
-            with contextlib.suppress(redis.exceptions.RedisError):
-                self.set_state(WorkerStatus.IDLE)
 
     # ------------------------------------------------------------------ monitor thread
 
@@ -446,7 +660,7 @@ class PoolWorker(BaseWorker):
 
     def _enforce_timeouts(self, t: float) -> None:
         """Fail jobs past their timeout that their strategy did not stop (threads cannot be killed)."""
-        for ticket in list(self._tickets.values()):
+        for ticket in list(self._tickets):
             if ticket.deadline is None or ticket.claimed or t < ticket.deadline + TIMEOUT_GRACE_SECONDS:
                 continue
             if not ticket.abandoned:
@@ -465,19 +679,20 @@ class PoolWorker(BaseWorker):
             except JobTimeoutException:
                 self._fail(ticket, sys.exc_info(), t - ticket.started)
             with self._changed:
-                self._tickets.pop(ticket.execution.id, None)
+                self._tickets.pop(ticket, None)
                 self._changed.notify_all()
             if ticket.release_once():
                 self._slots.release()
 
     def _heartbeat_all(self) -> None:
         """Worker, executions and jobs in one round trip (RQ's maintain_heartbeats, batched)."""
-        tickets = list(self._tickets.values())
+        tickets = [tk for tk in list(self._tickets) if tk.execution is not None]
         ttl = int(self.heartbeat_interval) + 60
         with self.connection.pipeline() as p:
             self.heartbeat(self.worker_ttl + 60, pipeline=p)
             index: list[Ticket] = []
             for tk in tickets:
+                assert tk.execution is not None
                 tk.execution.heartbeat(tk.job.started_job_registry, ttl, pipeline=p)
                 index.append(tk)
                 tk.job.heartbeat(now(), ttl, pipeline=p)
@@ -514,7 +729,7 @@ class PoolWorker(BaseWorker):
         host, pid, death = self.connection.hmget(self.key, ["hostname", "pid", "death"])
         if host is not None and death is None and host.decode() == self.hostname:
             old_pid = int(pid or 0)
-            if old_pid == os.getpid() or not psutil.pid_exists(old_pid):
+            if old_pid == os.getpid() or not _pid_exists(old_pid):
                 log.warning(
                     "an earlier worker named %s on this host (pid %d) died; recovering its jobs", self.name, old_pid
                 )
@@ -582,7 +797,7 @@ class PoolWorker(BaseWorker):
         with self._changed:
             while self._tickets and not self._cold and time.monotonic() < self._stop_deadline:
                 self._changed.wait(0.2)
-        leftover = list(self._tickets.values())
+        leftover = list(self._tickets)
         if leftover:
             log.warning("%d job(s) did not finish in time: re-queueing them", len(leftover))
             for ticket in leftover:  # claim them first, so a killed child is not taken for a crash
@@ -613,7 +828,7 @@ class PoolWorker(BaseWorker):
             return False
         self._report(ticket, None, time.monotonic() - ticket.started, "requeued")
         with self._changed:
-            self._tickets.pop(ticket.execution.id, None)
+            self._tickets.pop(ticket, None)
         return True
 
     def child_pids(self) -> list[int]:

@@ -13,7 +13,6 @@ Everything that differs between threads, processes and inline execution lives he
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -23,7 +22,6 @@ import queue as queue_mod
 import signal
 import threading
 import time
-import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
 from worker.errors import ChildCrashed, RemoteJobError, RemoteTraceback, RequeueJob
+from worker.poolchild import child_main
 
 if TYPE_CHECKING:
     from multiprocessing.context import ForkServerContext, ForkServerProcess
@@ -54,8 +53,9 @@ class StrategyConfig:
     max_child_memory_mb: float = 0.0
     processes: int | None = None  # hybrid and auto: child processes (None: one per available CPU)
     threads_per_process: int | None = None  # hybrid: threads in each child (None: threads_per_cpu)
-    # Imported once in the forkserver, so a new or recycled child starts warm.
-    preload: tuple[str, ...] = ("worker.jobs", "rq.utils", "rq.job", "asyncio")
+    # Imported once in the forkserver, so a new or recycled child starts warm. A process-pool
+    # child imports nothing else (worker/poolchild.py): no rq or redis-py in the children.
+    preload: tuple[str, ...] = ("worker.poolchild", "worker.jobs")
 
 
 @dataclass
@@ -300,47 +300,9 @@ class ThreadStrategy(Strategy):
 # Process pool
 
 
-def _child_main(conn: multiprocessing.connection.Connection) -> None:
-    """A pool child: runs (function name, args, kwargs) messages until told to stop.
-
-    The child never talks to Redis: the parent owns the job's lifecycle, so a child that
-    crashes or is killed cannot leave a half-written job behind.
-    """
-    from rq.utils import import_attribute
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when jobs stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    funcs: dict[str, Any] = {}
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        func_name, args, kwargs = msg
-        t0 = time.process_time()
-        try:
-            func = funcs.get(func_name)
-            if func is None:
-                func = funcs[func_name] = import_attribute(func_name)
-            value = func(*args, **kwargs)
-            if asyncio.iscoroutine(value):
-                value = asyncio.run(value)
-            reply: tuple[Any, ...] = ("ok", value, time.process_time() - t0)
-        except BaseException as e:  # report everything, including SystemExit from the job
-            reply = ("err", type(e).__name__, str(e), traceback.format_exc())
-        try:
-            conn.send(reply)
-        except Exception as e:  # the return value could not be pickled
-            conn.send(
-                (
-                    "err",
-                    type(e).__name__,
-                    f"job result could not be sent from the pool child: {e}",
-                    traceback.format_exc(),
-                )
-            )
+# The child's loop lives in a module that imports only the standard library, so the children
+# (and the forkserver they are forked from) do not carry rq and redis-py.
+_child_main = child_main
 
 
 class PoolChild:
