@@ -60,7 +60,8 @@ def scaled() -> Iterator[dict[str, Any]]:
     port = smoke.free_port()
     env = {**os.environ, "WORKER_CPUS": "1", "PROMETHEUS_PORT": str(port)}
     env.pop("REDIS_URL", None)
-    services = ("redis", "worker-thread", "worker-process", "prometheus")
+    # Prometheus waits for every worker service to be healthy, so all of them run.
+    services = ("redis", *smoke.WORKERS, "prometheus")
     try:
         compose("up", "--build", "-d", "--scale", f"worker-process={REPLICAS}", *services, env=env, timeout=1500)
         yield {"port": port, "env": env}
@@ -86,9 +87,17 @@ def test_every_replica_is_scraped_named_apart_and_summed(scaled: dict[str, Any])
     assert len(set(instances)) == REPLICAS
 
     # Worker names are <hostname>.<pid>: the container hostnames differ, so every replica has its own.
-    names = compose("exec", "-T", "redis", "redis-cli", "--raw", "SMEMBERS", "rq:workers", env=env).split()
-    process_workers = [n for n in names if n.startswith("rq:worker:")]
-    assert len(process_workers) == len(set(process_workers)) == REPLICAS + 1, names  # + the thread worker
+    lua = (
+        "local out = {} for _, k in ipairs(redis.call('SMEMBERS', 'rq:workers')) do "
+        "table.insert(out, k .. '=' .. (redis.call('HGET', k, 'queues') or '')) end return out"
+    )
+    rows = compose("exec", "-T", "redis", "redis-cli", "--raw", "EVAL", lua, "0", env=env).split()
+    by_queue = [tuple(r.rsplit("=", 1)) for r in rows if r.startswith("rq:worker:")]
+    process_workers = [n for n, queues in by_queue if queues == "process"]
+    assert len(process_workers) == len(set(process_workers)) == REPLICAS, rows
+    assert sorted(queues for _, queues in by_queue if queues != "process") == sorted(
+        s for s in smoke.WORKERS.values() if s != "process"
+    ), rows  # one worker of every other service
 
     # Jobs on the one queue: every replica takes some; the dashboards' sums add them up exactly.
     script = (
