@@ -489,6 +489,12 @@ class DockerLab:
             self._remove(w.container)
         return out
 
+    def kill_worker(self, w: WorkerContainer) -> None:
+        """After an error or Ctrl-C: logs saved (they say what went wrong), container removed at once."""
+        with contextlib.suppress(Exception):
+            w.log_path.write_text(self.logs(w))
+        self._remove(w.container)
+
     # -- cleanup ----------------------------------------------------------------------------------
 
     def _remove(self, container: Any) -> None:
@@ -605,6 +611,7 @@ def run_docker_cell(
     worker = lab.start_worker(strategy, conc, queue, name, cpus)
     stats = StatsSampler(worker.container)
     probe = MetricsProbe([worker.metrics_url])
+    drain = False  # an error or Ctrl-C: remove the container at once (SIGKILL), no drain
     try:
         cell["healthy_after_s"] = lab.wait_healthy(worker)
         raw = ctx.conn.hgetall(f"rq:worker:{name}")
@@ -671,10 +678,14 @@ def run_docker_cell(
             cell["available_cpus_after"] = int(after.available_cpus)
         if probe.errors:
             problems.append(f"metrics: {probe.errors[0]}")
+        drain = True
     finally:
         stats.stop()
         probe.stop()
-        cell.update(lab.stop_worker(worker))
+        if drain:
+            cell.update(lab.stop_worker(worker))
+        else:
+            lab.kill_worker(worker)
     cell["log"] = str(worker.log_path)
     if cell.get("oom_killed"):
         problems.append(f"the container was OOM-killed at --memory {mib(lab.opts.memory)}")
