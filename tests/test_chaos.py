@@ -2,7 +2,8 @@
 
 A supervisor loop starts a worker (non-burst, in its own process group), lets it run for a
 random 1-3 s, SIGKILLs the whole group (worker, forkserver, pool children: a power loss) and
-starts the next one, alternating the thread and process strategies. Once every job has ended, or
+starts the next one, rotating the thread, process, hybrid and auto strategies (so each holds
+jobs when it is killed, and recovers jobs other strategies' workers held). Once every job has ended, or
 the chaos phase has used its time budget, a last worker runs undisturbed until every job is
 finished or failed, with a hard deadline. Then, with stock RQ:
 
@@ -83,9 +84,9 @@ def test_chaos_kill9_at_random_intervals_loses_no_job(redis_url: str, redis: Red
     t0 = time.monotonic()
     kills = 0
     lifetimes: list[float] = []
-    strategies = ("thread", "process")
+    strategies = ("thread", "process", "hybrid", "auto")
     while time.monotonic() - t0 < CHAOS_BUDGET_SECONDS and kills < MAX_KILLS:
-        strategy = strategies[kills % 2]
+        strategy = strategies[kills % len(strategies)]
         worker = helpers.start_worker(redis_url, strategy, CONCURRENCY, extra_args=rh.ALLOW_ARGS, env=ENV)
         life = rng.uniform(1.0, 3.0)
         time.sleep(life)
