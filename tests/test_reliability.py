@@ -157,7 +157,7 @@ HARD_TIMEOUT_POOLS = {
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("strategy", ["process", "hybrid", "auto"])
 def test_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
-    server: Any, conn: Redis[bytes], tmp_path: Path, strategy: str
+    server: Any, conn: Redis[bytes], tmp_path: Path, runs: str, strategy: str
 ) -> None:
     """A sleep, a busy loop and a job that blocks SIGALRM, each with job_timeout=2, fail with a
     timeout within timeout + 5 s (measured from the job's own started_at to the failure's
@@ -177,7 +177,13 @@ def test_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
     release = tmp_path / "release"
     meta_over = hint(overdue_hint) if overdue_hint else None
     beside = q.enqueue(
-        "tests.jobs.wait_file", str(release), 60, job_timeout=90, meta=hint(beside_hint) if beside_hint else None
+        "tests.jobs.record_until_file",
+        runs,
+        "beside",
+        str(release),
+        60,
+        job_timeout=90,
+        meta=hint(beside_hint) if beside_hint else None,
     )
     helpers.wait_for(lambda: rh.status(conn, beside.id) == "started", 20, what="the job beside to start")
     overdue = {
@@ -188,6 +194,7 @@ def test_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
     first_start = rh.outcome(conn, beside.id).started_at
     rh.wait_ended(conn, [j.id for j in overdue.values()], 2 + 5 + 20, worker, "the overdue jobs to fail")
     killed = []
+    took: dict[str, float] = {}
     for kind, job in overdue.items():
         o = rh.outcome(conn, job.id)
         assert o.status == "failed", f"{kind}: {o}"
@@ -197,17 +204,27 @@ def test_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
         pid = child_pid_in(o.exc_string)
         assert pid is not None, o.exc_string
         killed.append(pid)
+        took[kind] = o.run_seconds
+    print(f"\n[{strategy}] job_timeout=2: failed after " + ", ".join(f"{k} {v:.2f} s" for k, v in took.items()))
     for pid in killed:
         helpers.wait_for(lambda p=pid: pid_gone(p), 10, what=f"killed child {pid} to be gone")
 
-    # the job beside them: running (hybrid: running again, after a re-queue)
-    helpers.wait_for(lambda: rh.status(conn, beside.id) == "started", 20, what="the job beside to run")
-    again = rh.outcome(conn, beside.id).started_at
+    # the job beside them: still running (hybrid: running again, after a re-queue)
     if strategy == "hybrid":
         texts = " ".join(rh.outcome(conn, j.id).exc_string for j in overdue.values())
         assert re.search(r"\d job\(s\) running beside it re-queued", texts), texts
+        helpers.wait_for(lambda: rh.executions(runs)["beside"] == 2, 20, what="the job beside to run again")
+    else:
+        time.sleep(0.5)  # a (wrong) restart of the job beside would be recorded by now
+    assert rh.status(conn, beside.id) == "started"
+    again = rh.outcome(conn, beside.id).started_at
+    pids = [int(line.split()[1]) for line in Path(runs).read_text().splitlines()]
+    print(f"[{strategy}] the job beside ran in {pids}; killed children {killed}")
+    if strategy == "hybrid":
+        assert pids[0] in killed and pids[1] not in killed, (pids, killed, worker.describe())
         assert first_start is not None and again is not None and again > first_start, (first_start, again)
     else:
+        assert rh.executions(runs) == {"beside": 1}
         assert again == first_start, "the job beside the overdue ones was restarted"
     release.touch()
     rh.wait_ended(conn, [beside.id], 20, worker)
@@ -250,6 +267,7 @@ def test_thread_timeout_fails_job_counts_runaway_and_keeps_pool_size(
     assert o.status == "failed"
     assert "timeout" in o.exc_string.lower(), o.exc_string
     assert o.run_seconds is not None and o.run_seconds <= 2 + 5, o
+    print(f"\n[{strategy}] thread job with job_timeout=2 failed after {o.run_seconds:.2f} s")
     assert overdue.id in FailedJobRegistry("default", connection=conn).get_job_ids()
 
     helpers.wait_for(lambda: "runaway" in worker.output(), 10, what="the runaway thread to be counted in the log")
