@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import start_worker, stop, worker_env
+from helpers import kill_group, new_name, stop, worker_cmd, worker_env
 from metrics_helpers import PrometheusServer, free_port, http_get
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,10 +106,25 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iter
     client = redis_server.client()
     client.flushall()
     ports = {s: free_port() for s in STRATEGIES}
-    workers = [
-        start_worker(url, strategy=s, concurrency=2, queues=s, extra_args=["--metrics-port", str(p)])
-        for s, p in ports.items()
-    ]
+    # Started here, not through helpers.start_worker: conftest kills the workers that one starts
+    # after every test, and these must outlive the module's first test (a killed target's series
+    # go stale at the next scrape). The finally clause below stops them, and kills their groups.
+    logs = tmp_path_factory.mktemp("dashboard-workers")
+    workers = []
+    for s, p in ports.items():
+        args = ["--strategy", s, "--concurrency", "2", "--queues", s, "--name", new_name(f"dash-{s}")]
+        with (logs / f"{s}.log").open("wb") as out:
+            workers.append(
+                subprocess.Popen(
+                    worker_cmd(url, *args, "--metrics-port", str(p)),
+                    cwd=ROOT,
+                    env=worker_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     demo = subprocess.Popen(
         [
             sys.executable,
@@ -143,7 +158,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iter
         demo.terminate()
         demo.wait(15)
         for w in workers:
-            stop(w)
+            try:
+                stop(w, timeout=40)
+            finally:
+                kill_group(w.pid)
         client.flushall()
 
 
