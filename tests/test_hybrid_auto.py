@@ -186,6 +186,38 @@ def test_hybrid_cold_stop_requeues_running_jobs(redis: Redis, redis_url: str, tm
     assert FailedJobRegistry("default", connection=redis).count == 0
 
 
+@pytest.mark.parametrize("strategy", ["hybrid", "auto"])
+def test_max_jobs_per_child_replaces_children(redis: Redis, redis_url: str, strategy: str) -> None:
+    """WORKER_MAX_JOBS_PER_CHILD=2: no child runs more than 2 jobs, whatever its threads (hybrid:
+    1 child x 3 threads; a child stops taking jobs once 2 were sent to it, finishes them and
+    exits while its replacement takes over) or its pool (auto: jobs hinted to its process pool).
+    The replacements are counted."""
+    port = helpers.free_port()
+    if strategy == "hybrid":
+        layout: tuple[str, ...] = ("--processes", "1", "--threads-per-process", "3")
+    else:
+        layout = ("--processes", "1")
+    proc = start(
+        redis_url, redis, strategy, *layout, "--max-jobs-per-child", "2", "--metrics-port", str(port)
+    )
+    q = helpers.json_queue(redis)
+    jobs = [q.enqueue(f"{J}.sleep_for", 0.2, meta={"poolq_hint": "cpu"}) for _ in range(9)]
+    wait_ended(redis, [j.id for j in jobs], proc)
+    records = helpers.finished_records(redis, jobs, proc.describe())
+    per_child = Counter(r["pid"] for r in records)
+    assert proc.pid not in per_child and max(per_child.values()) <= 2, per_child
+    assert len(per_child) >= 5, per_child
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    replaced = sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "poolq_pool_children_replaced_total" and s.labels.get("reason") == "max_jobs"
+    )
+    assert replaced >= len(per_child) - 1, (replaced, per_child)
+    assert helpers.stop(proc) == 0, proc.describe()
+
+
 # ---------------------------------------------------------------------------------------------
 # auto
 

@@ -310,6 +310,7 @@ class ThreadedChild:
         self.broken = False  # a send failed: the child is dying, its reader thread will replace it
         self.overdue: set[int] = set()
         self.jobs_done = 0
+        self.dispatched = 0  # calls sent to it (WORKER_MAX_JOBS_PER_CHILD counts these)
         self.death: Death | None = None
         self.reader = threading.Thread(target=reader, args=(self,), name=f"poolq-hybrid-reader-{self.pid}", daemon=True)
         self.reader.start()
@@ -558,6 +559,12 @@ class HybridStrategy(Strategy):
                 child = self._pick()
                 call = Call(next(self._ids), child)
                 child.inflight[call.id] = call
+                child.dispatched += 1
+                cap = self.config.max_jobs_per_child
+                if cap and child.dispatched >= cap:
+                    # Its last job: no more are sent to it (its threads would take them before the
+                    # first ended); its replacement starts now, and it exits once its jobs end.
+                    self._retire(child, "max_jobs")
             try:
                 with child.send_lock:
                     child.conn.send((call.id, *msg_args))
@@ -588,9 +595,6 @@ class HybridStrategy(Strategy):
             with self.cond:
                 call = child.inflight.pop(msg[0], None)
                 child.jobs_done += 1
-                cfg = self.config
-                if cfg.max_jobs_per_child and child.jobs_done >= cfg.max_jobs_per_child and child.state == "live":
-                    self._retire(child, "max_jobs")
                 if child.state == "retiring" and not child.inflight:
                     child.state = "stopping"
                     stop_now = True
