@@ -361,6 +361,37 @@ def test_crashing_children_fail_only_their_job(
     assert worker.poll() is None
 
 
+@pytest.mark.timeout(60)
+def test_auto_crash_in_its_thread_pool_takes_the_worker_down_and_jobs_are_recovered(
+    server: Any, conn: Redis[bytes], tmp_path: Path, runs: str
+) -> None:
+    """What auto does *not* isolate, checked as it is: a job running in its thread pool (hinted
+    I/O-bound here) that segfaults kills the worker process itself, with the other job it was
+    running (as with the thread strategy). Nothing is lost: a live worker recovers both jobs once
+    the dead one's heartbeat expires; the job beside runs again and finishes, and the crashing
+    one, now run by a process worker, fails alone with ChildCrashed (where it belonged)."""
+    a = start(server, "auto", 3, env=FAST_RECOVERY, conn=conn, extra=("--processes", "1"))
+    q = queue(conn)
+    release = tmp_path / "release"
+    beside = q.enqueue("tests.jobs.record_until_file", runs, "beside", str(release), 60, meta=hint("io"))
+    helpers.wait_for(lambda: rh.executions(runs)["beside"] == 1, 20, what="the job beside to run")
+    segv = q.enqueue("tests.jobs.segfault", meta=hint("io"))
+    code = a.wait(20)
+    assert code == -signal.SIGSEGV, f"the auto worker exited {code}, not by SIGSEGV\n{a.describe()}"
+    helpers.kill_group(a.pid)  # its forkserver and child, as a supervisor would on the crash
+
+    b = start(server, "process", 2, env=FAST_RECOVERY, conn=conn)
+    release.touch()
+    rh.wait_ended(conn, [beside.id, segv.id], 30, b, "the dead auto worker's jobs to be recovered")
+    assert rh.executions(runs)["beside"] == 2
+    records(conn, [beside.id])
+    o = rh.outcome(conn, segv.id)
+    assert o.status == "failed" and "ChildCrashed" in o.exc_string and "SIGSEGV" in o.exc_string, o
+    for j in (beside, segv):
+        assert conn.hget(j.key, "poolq_redeliveries") == b"1"
+    assert helpers.stop(b, timeout=30) == 0, b.describe()
+
+
 # ---------------------------------------------------------------------------------------------
 # at-least-once after kill -9
 
