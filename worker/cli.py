@@ -272,6 +272,31 @@ def skip_resource_tracker() -> None:
         tracker._fd = os.open(os.devnull, os.O_WRONLY)
 
 
+# glibc's mallopt parameter for the number of malloc arenas (malloc.h: M_ARENA_MAX).
+_M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """Cap glibc's malloc arenas before any thread starts (as ``MALLOC_ARENA_MAX`` would).
+
+    glibc gives threads that allocate at the same time arenas of their own, up to 8 per CPU;
+    each arena keeps its own free memory. A thread pool of 16-64 threads under the GIL gains
+    nothing from them (Python's small objects come from its own allocator; the threads do not
+    run Python at once) but keeps several MiB more resident: measured on the io bench with 64
+    threads, peak PSS 51.7 MiB without the cap, 46.4 with 2 arenas. An explicit
+    ``MALLOC_ARENA_MAX`` in the environment wins; other C libraries: nothing to do.
+    """
+    import contextlib
+    import ctypes
+    import os
+
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # glibc only; musl has no libc.so.6
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
+
+
 def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
     from rq.serializers import JSONSerializer
 
@@ -279,6 +304,7 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
     from worker.pool_worker import PoolWorker, install_rq_fast_paths
     from worker.strategies import STRATEGIES, StrategyConfig
 
+    limit_malloc_arenas()
     skip_resource_tracker()
     install_rq_fast_paths()
     cpu = detect_cpus()

@@ -81,6 +81,20 @@ return n
 )
 
 
+# KEYS: intermediate list, job hash, seen key; ARGV: job id, now, seconds the mark lives.
+# Marks a job id found in the intermediate list and not in the started registry, atomically
+# with respect to the worker that dequeued it (its registration LREMs the id, sets the status
+# to started and deletes the mark in one atomic call): a job already registered is never marked,
+# so no mark outlives the pass through the list it was made in. 1: newly marked; 2: marked
+# earlier; 0: the job has left the list or is being started.
+_MARK_INTERMEDIATE = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[2], 'status') == 'started' then return 0 end
+if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'EX', ARGV[3]) then return 1 end
+return 2
+"""
+
+
 @dataclass
 class RecoveryStats:
     """What one scan did: (queue name, job id, function name) per recovered job."""
@@ -142,6 +156,7 @@ class Recovery:
         self.serializer = serializer
         self._recover_execution = conn.register_script(_RECOVER_EXECUTION)
         self._recover_intermediate = conn.register_script(_RECOVER_INTERMEDIATE)
+        self._mark_intermediate = conn.register_script(_MARK_INTERMEDIATE)
 
     def run(self) -> RecoveryStats:
         stats = RecoveryStats()
@@ -189,8 +204,12 @@ class Recovery:
             if job_id in started:
                 continue
             key = SEEN_KEY.format(job_id)
-            if self.conn.set(key, now, nx=True, ex=3600):
-                continue  # first sighting: a live worker may be between dequeue and registration
+            mark_ttl = max(60, int(4 * self.stale_after))
+            marked = self._mark_intermediate(
+                keys=[queue.intermediate_queue_key, Job.key_for(job_id), key], args=[job_id, now, mark_ttl]
+            )
+            if marked != 2:
+                continue  # gone, being started, or first sighting: a live worker may be about to register it
             seen = self.conn.get(key)
             if seen is None or now - float(seen) < self.stale_after:
                 continue
