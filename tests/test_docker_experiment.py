@@ -258,3 +258,47 @@ def test_sigint_mid_cell_removes_everything(engine: Any, tmp_path: Path) -> None
     assert leftovers(client, run_id) == {"containers": [], "networks": [], "volumes": []}, log[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["meta"]["interrupted"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_existing_network_and_redis_are_used_and_left_alone(engine: Any, tmp_path: Path) -> None:
+    """``--network`` with ``--redis-url`` (as against the compose stack): the workers join that
+    network and use its Redis, the producer reaches that Redis from the host, and removes only what
+    it created — the network and the Redis stay. A fractional limit (0.5) is detected as 1 CPU."""
+    import uuid
+
+    client = engine
+    tag = {"poolq.test": uuid.uuid4().hex[:8]}  # this test's own stand-in for a compose stack
+    net = client.networks.create(f"poolq-test-{tag['poolq.test']}", driver="bridge", labels=tag)
+    redis = None
+    try:
+        redis = client.containers.run(
+            "redis:7.2.5", ["redis-server", "--save", "", "--protected-mode", "no"], detach=True, labels=tag,
+            network=net.name, name=f"poolq-test-{tag['poolq.test']}-redis", tmpfs={"/data": ""},
+        )  # fmt: skip
+        net.reload()
+        # The service name the workers use, as compose gives it: a network alias.
+        net.disconnect(redis)
+        net.connect(redis, aliases=["redis"])
+        out = tmp_path / "exp"
+        proc = producer(
+            "experiment", "--docker", "--image", IMAGE, "--cpus", "0.5", "--network", net.name,
+            "--redis-url", "redis://redis:6379/0", "--strategies", "process", "--workloads", "noop",
+            "--count", "20", "--out", str(out),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        results = json.loads((out / "results.json").read_text())
+        (cell,) = results["cells"]
+        assert cell["finished"] == 20 and not cell["problems"], cell
+        assert cell["available_cpus"] == 1 and cell["pool_size"] == 1 and cell["cpu_limit"] == 0.5, cell
+        assert results["meta"]["docker"]["network"] == net.name
+        assert leftovers(client, results["meta"]["run_id"]) == {"containers": [], "networks": [], "volumes": []}
+        redis.reload()
+        assert redis.status == "running"
+        client.networks.get(net.id)  # still there
+    finally:
+        if redis is not None:
+            redis.remove(v=True, force=True)
+        net.remove()
