@@ -22,6 +22,8 @@ examples:
   python -m producer enqueue --workload io --count 5000 --rate 200 --arrival poisson --param seconds=0.05
   python -m producer experiment --local --strategies thread,process,inline --workloads cpu,io --count 200 \\
       --out results/experiment-1
+  python -m producer experiment --docker --cpus 1,2 --memory 512m --strategies thread,process --workloads cpu,io \\
+      --out results/containers-1
   python -m producer plan --results results/experiment-1 --arrival-rate 300 --workload io --slo-p95 0.5
   python -m producer validate --results results/experiment-1 --workload io --arrival-rate 60 --count 3000
 

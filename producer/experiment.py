@@ -1,6 +1,6 @@
 """``python -m producer experiment``: strategies x workloads x sizes, one cell at a time.
 
-Two modes:
+Three modes:
 
 - ``--local``: the producer runs everything. It uses ``REDIS_URL`` when that answers, else it
   starts its own ``redis-server`` on a free loopback port. For every cell it starts a
@@ -14,6 +14,9 @@ Two modes:
   strategy (``thread``, ``process``, ``inline``, ``hybrid``, ``auto``); each cell sends its burst to that queue and
   waits until it has drained. Memory and CPU come from the workers' Prometheus metrics
   (``--worker-metrics thread=http://worker-thread:8000/metrics,...``).
+- ``--docker``: every cell in a fresh worker container under a CPU and memory limit, started
+  and removed by the producer through the Docker SDK; the CPU limit is one more dimension of
+  the matrix (see :mod:`producer.containers`).
 
 Every cell reads its jobs back with ``Job.fetch_many`` and computes throughput and latency
 from RQ's own timestamps (see :mod:`producer.measure`). Results: ``results.json`` (everything),
