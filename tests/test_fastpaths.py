@@ -105,3 +105,25 @@ def test_child_function_lookup_is_rqs() -> None:
         import_attribute("no_such_package_for_poolq.func")
     with pytest.raises(ValueError):
         import_attribute("no_such_builtin_for_poolq")
+
+
+def test_prepare_resent_after_a_lost_reply_is_a_no_op(redis: Any) -> None:
+    """The prepare step's Lua guard: the first send moves the job out of the intermediate list and
+    writes its execution; a resend of the same writes (the reply was lost, the worker retries)
+    answers 1 and writes nothing twice; a different execution (a recovery took the job meanwhile)
+    is refused. Without the second rule a lost reply left the job started but never run."""
+    from worker.pool_worker import _APPLY_LUA
+
+    script = redis.register_script(_APPLY_LUA)
+    redis.rpush("rq:intermediate:q", "job-1")
+
+    def argv(execution_key: str) -> list[Any]:
+        return ["first", 4, "LREM", "rq:intermediate:q", 1, "job-1", 2, "INCR", "writes", 4, "HSET", execution_key,
+                "worker", "w1"]  # fmt: skip
+
+    assert script(keys=["rq:execution:job-1:a"], args=argv("rq:execution:job-1:a")) == 1
+    assert redis.llen("rq:intermediate:q") == 0 and redis.get("writes") == b"1"
+    assert script(keys=["rq:execution:job-1:a"], args=argv("rq:execution:job-1:a")) == 1  # the resend
+    assert redis.get("writes") == b"1"  # not applied twice
+    assert script(keys=["rq:execution:job-1:b"], args=argv("rq:execution:job-1:b")) == 0  # someone else's
+    assert redis.get("writes") == b"1" and not redis.exists("rq:execution:job-1:b")

@@ -90,7 +90,9 @@ return out
 #   guard "absent": KEYS[1] (the job's dependents set) must not exist; else nothing is written
 #     and 0 returned (the caller falls back to RQ's WATCH/MULTI path, which enqueues them);
 #   guard "first": the first command (LREM from the intermediate list) must remove something;
-#     else 0, and only that command ran (another worker's recovery took the job meanwhile).
+#     else 0, and only that command ran (another worker's recovery took the job meanwhile) —
+#     unless KEYS[1] (this attempt's execution hash) exists: the same writes were applied by an
+#     earlier send whose reply was lost, so 1 and nothing written twice.
 _APPLY_LUA = """
 local guard = ARGV[1]
 if guard == 'absent' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -98,7 +100,10 @@ local i, n = 2, #ARGV
 while i <= n do
   local c = tonumber(ARGV[i])
   local r = redis.call(unpack(ARGV, i + 1, i + c))
-  if guard == 'first' and i == 2 and r == 0 then return 0 end
+  if guard == 'first' and i == 2 and r == 0 then
+    if KEYS[1] and redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+    return 0
+  end
   i = i + c + 1
 end
 return 1
@@ -523,7 +528,7 @@ class PoolWorker(BaseWorker):
             ticket = next(t for t in list(self._tickets) if t.execution is execution)
         t0 = time.perf_counter()
         try:
-            self._redis_retry(lambda: self._prepare(ticket))
+            self._prepare(ticket)  # retries its one round trip itself, idempotently
             job.started_at = now()
             check_allowed(job.func_name, self.allowed_functions)
             timeout = job.timeout or self.default_job_timeout
@@ -576,7 +581,11 @@ class PoolWorker(BaseWorker):
         job.prepare_for_execution(self.name, pipeline=p)
         p.persist(job.key)
         p.delete(SEEN_KEY.format(job.id))  # recovery's "stuck in the intermediate list" mark, if any
-        if not self._apply(p, guard="first"):
+        # Built once, sent until Redis answers: a resend after a lost reply finds this execution's
+        # hash and is a no-op, instead of being refused as "taken by a recovery" and leaving the
+        # job registered as started but never run.
+        argv = self._apply_args(p, guard="first")
+        if not self._redis_retry(lambda: self._send_apply(argv, key=execution.key)):
             raise Preempted(f"job {job.id} left the intermediate list before it started; not running it")
         self.executions[execution.id] = execution
         ticket.execution = execution
@@ -587,11 +596,18 @@ class PoolWorker(BaseWorker):
         One EVALSHA instead of MULTI, the commands and EXEC: the same writes, atomically, with
         one command to encode and one reply to parse. False when the guard refused (see the script).
         """
+        return self._send_apply(self._apply_args(recorded, guard), key)
+
+    @staticmethod
+    def _apply_args(recorded: redis.client.Pipeline[bytes], guard: str) -> list[Any]:
         argv: list[Any] = [guard]
         for args, _options in recorded.command_stack:
             argv.append(len(args))
             argv.extend(args)
         recorded.reset()
+        return argv
+
+    def _send_apply(self, argv: list[Any], key: str | None = None) -> bool:
         return bool(self._apply_script(keys=[] if key is None else [key], args=argv, client=self._client()))
 
     def _finish_success(self, job: Job, queue: Queue, execution: Execution | None, return_value: Any) -> None:
