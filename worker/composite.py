@@ -103,6 +103,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from rq.timeouts import JobTimeoutException
 
 from worker.errors import ChildCrashed, RemoteJobError, RemoteTraceback, RequeueJob
+from worker.poolchild import child_main, runqueue_wait, schedstat
 from worker.strategies import (
     STRATEGIES,
     PoolChild,
@@ -324,33 +325,6 @@ class ThreadedChild:
             os.kill(self.pid, signal.SIGKILL)
 
 
-_thread_files = threading.local()
-
-
-def _schedstat() -> tuple[float, float] | None:
-    """(on-CPU, waiting-for-a-CPU) seconds of the calling thread, from /proc/thread-self/schedstat.
-
-    The file is opened once per thread and re-read with ``pread`` (a few microseconds a job).
-    """
-    fd = getattr(_thread_files, "schedstat", None)
-    if fd == -1:
-        return None
-    try:
-        if fd is None:
-            fd = _thread_files.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        on_cpu, waiting = os.pread(fd, 128, 0).split()[:2]
-        return int(on_cpu) / 1e9, int(waiting) / 1e9
-    except (OSError, ValueError):
-        _thread_files.schedstat = -1  # not available here: do not retry for every job
-        return None
-
-
-def _runqueue_wait(before: tuple[float, float] | None) -> float:
-    """Seconds the calling thread was runnable but had no CPU since ``before`` (0 if unknown)."""
-    after = _schedstat()
-    return max(0.0, after[1] - before[1]) if before is not None and after is not None else 0.0
-
-
 def _thread_cpu_reader() -> Callable[[], float | None]:
     """CPU seconds the calling thread uses from now on, readable from any thread of the process."""
     try:
@@ -388,55 +362,12 @@ def _process_cpu_reader(pid: int) -> Callable[[], float | None]:
     return read
 
 
-def _measured_child_main(conn: multiprocessing.connection.Connection) -> None:
-    """auto's process child: the process strategy's one-job child, plus the run-queue wait.
-
-    Replies ``("ok", value, cpu_seconds, runqueue_wait_seconds)``: on a busy machine a CPU-bound
-    job also waits for a core, which would make it look less CPU-bound than it is.
-    """
-    from rq.utils import import_attribute
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when jobs stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    funcs: dict[str, Any] = {}
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        func_name, args, kwargs = msg
-        t0, s0 = time.process_time(), _schedstat()
-        try:
-            func = funcs.get(func_name)
-            if func is None:
-                func = funcs[func_name] = import_attribute(func_name)
-            value = func(*args, **kwargs)
-            if asyncio.iscoroutine(value):
-                value = asyncio.run(value)
-            reply: tuple[Any, ...] = ("ok", value, time.process_time() - t0, _runqueue_wait(s0))
-        except BaseException as e:  # report everything, including SystemExit from the job
-            reply = ("err", type(e).__name__, str(e), traceback.format_exc())
-        try:
-            conn.send(reply)
-        except Exception as e:  # the return value could not be pickled
-            conn.send(
-                (
-                    "err",
-                    type(e).__name__,
-                    f"job result could not be sent from the pool child: {e}",
-                    traceback.format_exc(),
-                )
-            )
-
-
 class MeasuredChild(PoolChild):
-    """A one-job pool child running :func:`_measured_child_main`."""
+    """A one-job pool child that also reports its job's run-queue wait (``child_main`` measuring it)."""
 
     def __init__(self, ctx: ForkServerContext) -> None:  # PoolChild's, with another target
         self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_measured_child_main, args=(child_conn,), daemon=True)
+        self.process = ctx.Process(target=child_main, args=(child_conn, True), daemon=True)
         self.process.start()
         child_conn.close()
         self.jobs_done = 0
@@ -1336,7 +1267,7 @@ class AutoStrategy(Strategy):
     def _perform_in_thread(self, job: Job, slot: Slot) -> Any:
         slot.extra["thread_token"] = True
         slot.extra["where"] = "thread"
-        t0_cpu, t0_wall, s0 = time.thread_time(), time.perf_counter(), _schedstat()
+        t0_cpu, t0_wall, s0 = time.thread_time(), time.perf_counter(), schedstat()
         func_name = str(job.func_name)
         rid = self.router.run_started(func_name, _thread_cpu_reader()) if self.router.is_new(func_name) else None
         ok = False
@@ -1346,7 +1277,7 @@ class AutoStrategy(Strategy):
             return value
         finally:
             cpu = time.thread_time() - t0_cpu
-            wall = time.perf_counter() - t0_wall - _runqueue_wait(s0)
+            wall = time.perf_counter() - t0_wall - runqueue_wait(s0)
             slot.extra.pop("where", None)
             self._release_thread(slot)
             self.router.run_ended(func_name, rid)
