@@ -86,14 +86,15 @@ def test_plan_cli_prints_the_keda_target_and_scaling(tmp_path: Path, capsys: Any
 
 def test_experiment_sizes_agree_with_the_workers_own(redis: redis_lib.Redis, redis_url: str) -> None:
     """The experiment's slot count for every strategy is the pool the worker itself reports."""
+    from worker.cpus import detect_cpus
+
+    cpus = int(detect_cpus().available)
     for strategy in ("thread", "process", "inline", "hybrid", "auto"):
         w = helpers.start_worker(redis_url, strategy, "auto", queues=f"q-{strategy}")
         try:
             helpers.wait_registered(redis, w)
             reported = int(helpers.worker_hash(redis, w.name)["poolq_concurrency"])
-            from worker.cpus import detect_cpus
-
-            assert reported == resolve_capacity(strategy, "auto", int(detect_cpus().available)), strategy
+            assert reported == resolve_capacity(strategy, "auto", cpus), strategy
         finally:
             assert helpers.stop(w) == 0
 
