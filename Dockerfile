@@ -7,7 +7,8 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY producer ./producer
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check .
+# The producer's extra too: compose's producer service (demo, experiment, plan) runs from this image.
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check '.[producer]'
 
 FROM python:3.12-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /app --create-home poolq
