@@ -130,7 +130,10 @@ def strategy_comparison() -> dict[str, Any]:
             panel("Queue wait p50 / p95 / p99", quantiles("poolq_job_wait_seconds"), "s"),
             panel(
                 "Memory (PSS of the worker process tree)",
-                [(f"sum by (strategy) ({pss})", "{{strategy}} PSS"), (f'sum by (strategy) (poolq_worker_tree_memory_bytes{{{SEL}, kind="rss"}})', "{{strategy}} RSS")],
+                [
+                    (f"sum by (strategy) ({pss})", "{{strategy}} PSS"),
+                    (f'sum by (strategy) (poolq_worker_tree_memory_bytes{{{SEL}, kind="rss"}})', "{{strategy}} RSS"),
+                ],
                 "bytes",
                 description="PSS counts pages shared between the worker and its children once: the fair figure.",
             ),

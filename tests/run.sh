@@ -21,5 +21,29 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
-exec .venv/bin/pytest "$@"
+.venv/bin/pytest "$@"
+
+# The other Pythons the project claims (requires-python >= 3.11; the image runs 3.12): the worker
+# and producer core, in a venv each, after the whole suite above. Only on a full run (no arguments).
+# A Python that is not installed is skipped, saying so.
+(($# == 0)) || exit 0
+CORE_TESTS=(
+  tests/test_core.py tests/test_settings_cli.py tests/test_packaging.py
+  tests/test_erlang.py tests/test_producer.py
+)
+for v in 3.12 3.13; do
+  py="$(command -v "python$v" || true)"
+  if [ -z "$py" ]; then
+    py="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/"python$v" 2>/dev/null | sort -V | tail -1 || true)"
+  fi
+  if [ -z "$py" ]; then
+    echo "skipping Python $v: no python$v on PATH or under pyenv"
+    continue
+  fi
+  echo "Python $v ($py): the worker and producer core"
+  [ -x ".venv-$v/bin/python" ] || "$py" -m venv ".venv-$v"
+  ".venv-$v/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
+  ".venv-$v/bin/pytest" -q -m "not slow" "${CORE_TESTS[@]}"
+done

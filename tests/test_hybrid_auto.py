@@ -197,9 +197,7 @@ def test_max_jobs_per_child_replaces_children(redis: Redis, redis_url: str, stra
         layout: tuple[str, ...] = ("--processes", "1", "--threads-per-process", "3")
     else:
         layout = ("--processes", "1")
-    proc = start(
-        redis_url, redis, strategy, *layout, "--max-jobs-per-child", "2", "--metrics-port", str(port)
-    )
+    proc = start(redis_url, redis, strategy, *layout, "--max-jobs-per-child", "2", "--metrics-port", str(port))
     q = helpers.json_queue(redis)
     jobs = [q.enqueue(f"{J}.sleep_for", 0.2, meta={"poolq_hint": "cpu"}) for _ in range(9)]
     wait_ended(redis, [j.id for j in jobs], proc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from importlib.metadata import requires
@@ -50,11 +51,16 @@ def test_importing_the_worker_loads_nothing_of_the_producer() -> None:
 @pytest.mark.timeout(300)
 def test_a_fresh_venv_with_the_plain_install_runs_the_worker(tmp_path: Path) -> None:
     """``pip install .`` into a new venv: the worker starts (--help), the producer's libraries are absent."""
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
+    shutil.copytree(ROOT / "worker", src / "worker", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "producer", src / "producer", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = str(venv / "bin" / "python")
     subprocess.run(
-        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)],
+        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(src)],
         check=True,
         timeout=280,
         capture_output=True,
