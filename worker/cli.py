@@ -17,6 +17,7 @@ from redis.retry import Retry
 
 from worker import __version__, defaults
 from worker.cpus import CpuInfo, detect_cpus
+from worker.redact import redact_logging, redact_tracebacks, redact_url, scrub, secrets_of
 from worker.settings import WorkerSettings, describe_error
 
 log = logging.getLogger("worker")
@@ -80,7 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--allowed-functions",
         metavar="GLOBS",
-        help=f"functions jobs may name, comma-separated globs (default: {','.join(d.ALLOWED_FUNCTIONS)})",
+        help=(
+            "functions (and callbacks) jobs may name, comma-separated globs; '*', '?' and '[...]' match within ONE "
+            "dotted segment (myapp.tasks.* admits myapp.tasks.run, not myapp.tasks.os.system), and the function "
+            f"must be defined in the module its name gives (default: {','.join(d.ALLOWED_FUNCTIONS)})"
+        ),
+    )
+    a(
+        "--webhook-hosts",
+        metavar="HOSTS",
+        help="hosts (host: default port, or host:port) jobs' RQ webhooks may be sent to, comma-separated "
+        "(default: none, no webhooks are sent)",
     )
     a(
         "--threads-per-cpu",
@@ -132,12 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"times a job of a dead worker is re-queued before it fails as abandoned (default: {d.MAX_REDELIVERIES})",
     )
     a(
+        "--max-job-bytes",
+        type=int,
+        metavar="N",
+        help=f"most bytes of a job hash and of its inflated payload; a larger job fails unread "
+        f"(default: {d.MAX_JOB_BYTES}, 4 MiB)",
+    )
+    a(
         "--metrics-port",
         type=int,
         metavar="PORT",
         help=f"Prometheus /metrics port, 0 disables (default: {d.METRICS_PORT})",
     )
     a("--metrics-address", metavar="ADDR", help=f"address /metrics binds to (default: {d.METRICS_ADDRESS})")
+    a(
+        "--max-function-labels",
+        type=int,
+        metavar="N",
+        help=f"distinct 'function' label values in the metrics; further functions count as 'other' "
+        f"(default: {d.MAX_FUNCTION_LABELS})",
+    )
     a("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help=f"(default: {d.LOG_LEVEL})")
     a(
         "--check",
@@ -150,7 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --check: also require a live worker registered from this host",
     )
     a("--version", action="version", version=f"poolq worker {__version__}")
+    _values_checked_by_settings(p)
     return p
+
+
+def _values_checked_by_settings(parser: argparse.ArgumentParser) -> None:
+    """Hand number flags to :class:`WorkerSettings` as the text that was typed.
+
+    argparse's ``type=int``/``type=float`` are Python's ``int()``/``float()``: they take ``inf``,
+    ``nan`` and other scripts' digits (Arabic-Indic ones, say). Without a type, the flag's
+    text is validated by the same field validators as the environment variable, with the same
+    one-line error.
+    """
+    for action in parser._actions:
+        if action.type in (int, float):
+            action.type = None
+
+
+def _given_urls(overrides: dict[str, Any]) -> tuple[str, ...]:
+    """Every Redis URL this run was given (flag, environment), whose secrets no message may show."""
+    import os
+
+    found = [overrides.get("redis_url"), os.environ.get("REDIS_URL"), os.environ.get("WORKER_REDIS_URL")]
+    return tuple(u for u in found if isinstance(u, str) and u)
 
 
 def load_settings(argv: list[str] | None) -> tuple[WorkerSettings, argparse.Namespace]:
@@ -159,7 +206,7 @@ def load_settings(argv: list[str] | None) -> tuple[WorkerSettings, argparse.Name
     try:
         settings = WorkerSettings(**overrides)
     except ValidationError as e:
-        print(describe_error(e), file=sys.stderr)
+        print(describe_error(e, _given_urls(overrides)), file=sys.stderr)
         raise SystemExit(2) from None
     return settings, args
 
@@ -183,19 +230,20 @@ def wait_for_redis(url: str, wait_s: float) -> None:
     conn = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, retry=Retry(ExponentialBackoff(), 0))
     deadline = None if wait_s == 0 else time.monotonic() + wait_s
     delay, warned = 0.2, False
+    shown = redact_url(url)
     while True:
         try:
             conn.ping()
             if warned:
-                log.info("Redis at %s is reachable", url)
+                log.info("Redis at %s is reachable", shown)
             return
         except redis.exceptions.RedisError as e:
             if not warned:
                 limit = "forever" if deadline is None else f"up to {wait_s:g} s (WORKER_REDIS_WAIT)"
-                log.error("Redis at %s is not reachable (%s); retrying for %s", url, e, limit)
+                log.error("Redis at %s is not reachable (%s); retrying for %s", shown, scrub(str(e), [url]), limit)
                 warned = True
             if deadline is not None and time.monotonic() >= deadline:
-                print(f"error: Redis at {url} unreachable after {wait_s:g} s; giving up", file=sys.stderr)
+                print(f"error: Redis at {shown} unreachable after {wait_s:g} s; giving up", file=sys.stderr)
                 raise SystemExit(1) from None
             time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(delay * 2, defaults.REDIS_BACKOFF_MAX_SECONDS)
@@ -206,7 +254,8 @@ def check(settings: WorkerSettings, require_worker: bool) -> int:
     try:
         conn.ping()
     except redis.exceptions.RedisError as e:
-        print(f"unhealthy: Redis at {settings.redis_url} unreachable: {e}", file=sys.stderr)
+        url = settings.redis_url
+        print(f"unhealthy: Redis at {redact_url(url)} unreachable: {scrub(str(e), [url])}", file=sys.stderr)
         return 1
     if not require_worker:
         print("ok: Redis reachable")
@@ -215,7 +264,12 @@ def check(settings: WorkerSettings, require_worker: bool) -> int:
     from rq.worker import Worker
 
     host = socket.gethostname()
-    for w in Worker.all(connection=conn):
+    try:
+        workers = Worker.all(connection=conn)
+    except redis.exceptions.RedisError as e:
+        print(f"unhealthy: could not list workers: {scrub(str(e), [settings.redis_url])}", file=sys.stderr)
+        return 1
+    for w in workers:
         if w.hostname == host and w.last_heartbeat is not None:
             beat = w.last_heartbeat if not isinstance(w.last_heartbeat, str) else utcparse(w.last_heartbeat)
             age = time.time() - beat.timestamp()
@@ -249,8 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("rq").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
     logging.getLogger("worker.rq").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
+    urls = (settings.redis_url, *_given_urls({}))
+    redact_logging(urls)  # no log line, traceback or uncaught error shows the Redis password
+    redact_tracebacks(urls)
     if getattr(args, "check", False):
         return check(settings, getattr(args, "require_worker", False))
+    if getattr(args, "redis_url", None) and secrets_of(args.redis_url):
+        log.warning(
+            "--redis-url carries a password, and a command line is visible to every user of this host "
+            "(ps, /proc); pass the URL in REDIS_URL instead"
+        )
     return run(settings)
 
 
@@ -316,6 +378,7 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
         max_child_memory_mb=settings.max_child_memory_mb,
         processes=settings.processes or None,
         threads_per_process=settings.threads_per_process or None,
+        allowed_functions=tuple(settings.allowed_patterns),
     )
     hooks = HookChain(extra_hooks or [])
     strategy = STRATEGIES[settings.strategy](config, hooks)
@@ -329,6 +392,7 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
             settings.queue_names,
             settings.allowed_patterns,
             settings.metrics_sample_interval_seconds,
+            max_function_labels=settings.max_function_labels,
         )
         try:
             metrics.serve(settings.metrics_address, settings.metrics_port)
@@ -350,6 +414,7 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
         name=name,
         serializer=serializer,
         allowed_functions=settings.allowed_patterns,
+        webhook_hosts=settings.webhook_host_list,
         cpu_info=cpu,
         hooks=hooks,
         default_result_ttl=settings.result_ttl_seconds,
@@ -360,6 +425,7 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
         shutdown_timeout=settings.shutdown_timeout,
         max_redeliveries=settings.max_redeliveries,
         recovery_interval=settings.recovery_interval_seconds,
+        max_job_bytes=settings.max_job_bytes,
     )
     log.info("%s", describe_start(settings, cpu, strategy.capacity, name))
     worker.work(burst=settings.burst)
