@@ -102,8 +102,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rq.timeouts import JobTimeoutException
 
-from worker.errors import ChildCrashed, RemoteJobError, RemoteTraceback, RequeueJob
-from worker.poolchild import child_main, runqueue_wait, schedstat
+from worker.allowlist import Allowlist, allowlist_for
+from worker.errors import ChildCrashed, RemoteJobError, RequeueJob
+from worker.poolchild import child_main, resolve_reply, runqueue_wait, schedstat
 from worker.strategies import (
     STRATEGIES,
     PoolChild,
@@ -113,6 +114,7 @@ from worker.strategies import (
     StrategyConfig,
     describe_exit,
     recycle_reason,
+    unpack_reply,
 )
 
 if TYPE_CHECKING:
@@ -133,6 +135,8 @@ HINT_META_KEY = "poolq_hint"
 HINT_ATTRIBUTE = "poolq_hint"
 _HINT_VALUES = {"cpu": CPU, "process": CPU, "io": IO, "thread": IO}
 POOL_OF_CLASS = {CPU: "process", IO: "thread"}
+# Router._declared_hint of a name that does not resolve under the allowlist.
+UNRESOLVED = "unresolved"
 # Set on the Job object (not saved to Redis) by auto's perform(): the sub-pool that ran it.
 POOL_ATTRIBUTE = "poolq_pool"
 
@@ -202,20 +206,20 @@ def _preload(config: StrategyConfig) -> list[str]:
 # The hybrid child: several jobs at once, one per thread
 
 
-def _threaded_child_main(conn: multiprocessing.connection.Connection, threads: int) -> None:
+def _threaded_child_main(conn: multiprocessing.connection.Connection, threads: int, patterns: tuple[str, ...]) -> None:
     """A hybrid pool child: ``threads`` threads run ``(call_id, func, args, kwargs)`` messages.
 
     Replies are ``(call_id, "ok", value, cpu_seconds, wall_seconds)`` or
-    ``(call_id, "err", type_name, message, traceback)``. Like the process strategy's child it
-    never talks to Redis. ``None`` asks it to finish the running calls and exit.
+    ``(call_id, "err", type_name, message, traceback)``, or when the function cannot run
+    ``(call_id, "refused", message)`` / ``(call_id, "unresolved", ...)``: it is resolved here under
+    the allowlist ``patterns``, as in the process strategy's child (``poolchild.resolve_reply``).
+    Like that child it never talks to Redis. ``None`` asks it to finish the running calls and exit.
     """
-    from rq.utils import import_attribute
-
+    allowlist = Allowlist(patterns)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when jobs stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     calls: queue_mod.SimpleQueue[tuple[int, str, list[Any], dict[str, Any]] | None] = queue_mod.SimpleQueue()
     send_lock = threading.Lock()
-    funcs: dict[str, Any] = {}
 
     def send(reply: tuple[Any, ...]) -> None:
         with send_lock:
@@ -241,10 +245,11 @@ def _threaded_child_main(conn: multiprocessing.connection.Connection, threads: i
                 return
             call_id, func_name, args, kwargs = item
             t0_cpu, t0_wall = time.thread_time(), time.perf_counter()
+            func, refusal = resolve_reply(allowlist, func_name)
+            if refusal is not None:
+                send((call_id, *refusal))
+                continue
             try:
-                func = funcs.get(func_name)
-                if func is None:
-                    func = funcs[func_name] = import_attribute(func_name)
                 value = func(*args, **kwargs)
                 if asyncio.iscoroutine(value):
                     value = asyncio.run(value)
@@ -296,10 +301,16 @@ class Death:
 class ThreadedChild:
     """One hybrid pool child, its pipe, its calls in flight and the thread that reads its replies."""
 
-    def __init__(self, ctx: ForkServerContext, threads: int, reader: Callable[[ThreadedChild], None]) -> None:
+    def __init__(
+        self,
+        ctx: ForkServerContext,
+        threads: int,
+        reader: Callable[[ThreadedChild], None],
+        patterns: tuple[str, ...],
+    ) -> None:
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.process: ForkServerProcess = ctx.Process(
-            target=_threaded_child_main, args=(child_conn, threads), daemon=True
+            target=_threaded_child_main, args=(child_conn, threads, patterns), daemon=True
         )
         self.process.start()
         child_conn.close()
@@ -365,18 +376,12 @@ def _process_cpu_reader(pid: int) -> Callable[[], float | None]:
 class MeasuredChild(PoolChild):
     """A one-job pool child that also reports its job's run-queue wait (``child_main`` measuring it)."""
 
-    def __init__(self, ctx: ForkServerContext) -> None:  # PoolChild's, with another target
+    def __init__(self, ctx: ForkServerContext, patterns: tuple[str, ...]) -> None:  # PoolChild's, another target
         self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=child_main, args=(child_conn, True), daemon=True)
+        self.process = ctx.Process(target=child_main, args=(child_conn, patterns, True), daemon=True)
         self.process.start()
         child_conn.close()
         self.jobs_done = 0
-
-
-def _remote_error(type_name: str, message: str, tb: str) -> RemoteJobError:
-    err = RemoteJobError(f"{type_name}: {message}")
-    err.__cause__ = RemoteTraceback(tb)
-    return err
 
 
 def _timeout_error(timeout: float, detail: str) -> JobTimeoutException:
@@ -403,17 +408,15 @@ def _solo_call(child: PoolChild, job: Job, timeout: float) -> tuple[Any, float, 
         raise ChildCrashed(f"pool child {child.pid} was gone before the job started: {e}") from None
     except Exception as e:  # arguments that cannot be pickled (pickle serializer only)
         raise RemoteJobError(f"job arguments could not be sent to the pool child: {e}") from None
-    if not child.conn.poll(timeout):
+    if not child.wait_reply(timeout):
         raise JobTimeoutException(f"pool child {child.pid}")
     try:
         reply = child.conn.recv()
     except (EOFError, OSError):
         child.process.join(5)
         raise _SoloDied(child.pid, child.process.exitcode, None) from None
-    if reply[0] == "ok":
-        return reply[1], float(reply[2]), float(reply[3]) if len(reply) > 3 else 0.0
-    _, type_name, message, tb = reply
-    raise _remote_error(type_name, message, tb)
+    reply = unpack_reply(job, reply)
+    return reply[1], float(reply[2]), float(reply[3]) if len(reply) > 3 else 0.0
 
 
 class HybridStrategy(Strategy):
@@ -460,7 +463,7 @@ class HybridStrategy(Strategy):
         )
 
     def _spawn(self) -> ThreadedChild:
-        return ThreadedChild(self.ctx, self.threads_per_process, self._read)
+        return ThreadedChild(self.ctx, self.threads_per_process, self._read, self.config.allowed_functions)
 
     def _pick(self) -> ThreadedChild:
         """The live child with the fewest calls in flight (caller holds ``cond``)."""
@@ -639,10 +642,7 @@ class HybridStrategy(Strategy):
         if reply is None:
             return self._after_death(job, call, slot, deadline, timeout)
         self._after_reply(call.child)
-        if reply[1] == "ok":
-            return reply[2]
-        _, _, type_name, message, tb = reply
-        raise _remote_error(type_name, message, tb)
+        return unpack_reply(job, reply[1:])[1]
 
     def _after_reply(self, child: ThreadedChild) -> None:
         limit = self.config.max_child_memory_mb
@@ -698,7 +698,7 @@ class HybridStrategy(Strategy):
         with self.cond:
             if self.closing:
                 raise RequeueJob(f"{first}; the worker is stopping, so the job was re-queued")
-            solo = MeasuredChild(self.ctx)
+            solo = MeasuredChild(self.ctx, self.config.allowed_functions)
             self.solos[solo.pid] = solo
         slot.extra["solo"] = solo
         try:
@@ -849,8 +849,13 @@ class Route:
 class Router:
     """Per-function CPU/wall profiles and the routing rule (thread-safe)."""
 
-    def __init__(self, on_change: Callable[[str, str | None, str, Profile], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[str, str | None, str, Profile], None] | None = None,
+        allowlist: Allowlist | None = None,
+    ) -> None:
         self.lock = threading.Lock()
+        self.allowlist = allowlist if allowlist is not None else allowlist_for(StrategyConfig.allowed_functions)
         self.profiles: dict[str, Profile] = {}
         self.declared: dict[str, str | None] = {}
         self.on_change = on_change
@@ -871,17 +876,17 @@ class Router:
         )
 
     def _declared_hint(self, func_name: str) -> str | None:
-        """The hint on the function itself (decorator), imported once per name in this process."""
+        """The hint on the function itself (decorator), resolved once per name in this process
+        under the allowlist; :data:`UNRESOLVED` when the name does not resolve (refused, or no
+        such function). Only names that resolved are remembered: the table stays as small as
+        the code, whatever names producers make up."""
         with self.lock:
             if func_name in self.declared:
                 return self.declared[func_name]
-        hint: str | None = None
         try:
-            from rq.utils import import_attribute
-
-            hint = parse_hint(getattr(import_attribute(func_name), HINT_ATTRIBUTE, None))
-        except Exception:  # the job itself will report the import error where it runs
-            hint = None
+            hint = parse_hint(getattr(self.allowlist.resolve(func_name), HINT_ATTRIBUTE, None))
+        except Exception:  # the job itself reports why where it runs
+            return UNRESOLVED
         with self.lock:
             self.declared[func_name] = hint
         return hint
@@ -897,6 +902,8 @@ class Router:
                 log.warning("auto: ignoring job.meta[%r]=%r (expected 'cpu' or 'io')", HINT_META_KEY, meta)
         func_name = str(job.func_name)
         hint = self._declared_hint(func_name)
+        if hint == UNRESOLVED:  # it fails to resolve in the thread as it did here: no child, no profile
+            return Route("thread", False, "does not resolve")
         if hint is not None:
             return Route(POOL_OF_CLASS[hint], False, f"declared {hint}-bound")
         with self.lock:
@@ -1074,7 +1081,7 @@ class AutoStrategy(Strategy):
         self.blocked_for_process = 0  # of those, jobs waiting for a process slot
         self.kill_reasons: dict[int, str] = {}
         self.stopping = False
-        self.router = Router(self._class_changed)
+        self.router = Router(self._class_changed, allowlist_for(config.allowed_functions))
         self.routed: dict[str, int] = {"thread": 0, "process": 0}
         self._warm: set[tuple[int, str]] = set()  # (pid, function) that ran once: later runs are measured
 
@@ -1082,7 +1089,9 @@ class AutoStrategy(Strategy):
 
     def start(self) -> None:
         with self.cond:
-            self.children = [ChildSlot(i, MeasuredChild(self.ctx)) for i in range(self.n_processes)]
+            self.children = [
+                ChildSlot(i, MeasuredChild(self.ctx, self.config.allowed_functions)) for i in range(self.n_processes)
+            ]
         self.slots.start()
         log.info(
             "auto: a thread pool of %d and a process pool of %d (%d jobs at once); rule: %s",
@@ -1229,7 +1238,7 @@ class AutoStrategy(Strategy):
             cs.child.kill()
             if self.stopping:
                 return  # no replacement while stopping (a cold stop killed it)
-            cs.child = MeasuredChild(self.ctx)
+            cs.child = MeasuredChild(self.ctx, self.config.allowed_functions)
         self.children_replaced += 1
         self._event("child_replaced", reason=reason)
 
@@ -1337,7 +1346,7 @@ class AutoStrategy(Strategy):
         if reason is not None:
             with cs.lock:
                 child.stop()
-                cs.child = MeasuredChild(self.ctx)
+                cs.child = MeasuredChild(self.ctx, self.config.allowed_functions)
             self.children_replaced += 1
             self._event("child_replaced", reason=reason)
 

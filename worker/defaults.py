@@ -23,7 +23,11 @@ PROCESSES = 0
 THREADS_PER_PROCESS = 0
 
 SERIALIZER = "json"
+# Functions (and callbacks) jobs may name: globs whose '*' matches within one dotted segment,
+# judged on the resolved object (worker/allowlist.py).
 ALLOWED_FUNCTIONS = ("worker.jobs.*",)
+# Hosts (or host:port) a job's RQ webhooks may be sent to; empty: no webhooks at all.
+WEBHOOK_HOSTS: tuple[str, ...] = ()
 
 # RQ's default job timeout (seconds) when a job does not carry one.
 JOB_TIMEOUT_SECONDS = 180
@@ -46,10 +50,16 @@ REDIS_BACKOFF_MAX_SECONDS = 5.0
 MAX_JOBS_PER_CHILD = 0  # 0: never recycle pool children
 MAX_CHILD_MEMORY_MB = 0  # 0: no memory guard
 MAX_REDELIVERIES = 3
+# Most bytes of one job hash (field names and values) and of its payload once inflated. RQ
+# stores ``data`` zlib-compressed: 400 KiB of it inflated to 400 MiB (2 GiB peak RSS) before
+# this cap. A built-in job's hash is ~1 KiB; 4 MiB leaves room for large arguments.
+MAX_JOB_BYTES = 4 * 1024 * 1024
 RECOVERY_INTERVAL_SECONDS = 5.0
 
 METRICS_PORT = 8000
 METRICS_ADDRESS = "127.0.0.1"
 METRICS_SAMPLE_INTERVAL_SECONDS = 2.0
+# Distinct values of the metrics' ``function`` label (functions that resolved); beyond: "other".
+MAX_FUNCTION_LABELS = 100
 
 LOG_LEVEL = "INFO"

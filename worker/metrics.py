@@ -23,7 +23,6 @@ import re
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Info, start_http_server
@@ -32,6 +31,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from worker import __version__, defaults
+from worker.allowlist import was_resolved
 from worker.hooks import Hooks
 from worker.proctree import MEMORY_KINDS, ROLES, ProcessTree, TreeSample
 
@@ -59,7 +59,6 @@ RECOVERY_OUTCOMES = ("requeued", "abandoned")
 OTHER = "other"
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _MAX_EVENT_NAMES = 32
-_MAX_FUNCTION_CACHE = 4096
 
 
 class JobStats(Collector):
@@ -240,12 +239,14 @@ class Metrics(Hooks):
         queues: Sequence[str],
         allowed_functions: Sequence[str] = defaults.ALLOWED_FUNCTIONS,
         sample_interval: float = defaults.METRICS_SAMPLE_INTERVAL_SECONDS,
+        max_function_labels: int = defaults.MAX_FUNCTION_LABELS,
     ) -> None:
         self.strategy = strategy
         self.capacity = capacity
         self.available_cpus = available_cpus
         self.queue_names = list(queues)
         self.allowed_functions = list(allowed_functions)
+        self.max_function_labels = max(1, max_function_labels)
         self.sample_interval = sample_interval
         self.worker: PoolWorker | None = None
         self.last_tree: TreeSample | None = None
@@ -318,7 +319,8 @@ class Metrics(Hooks):
         for event in KNOWN_EVENTS:
             self._event_child(event)
 
-        self._functions: dict[str | None, str] = {}
+        self._functions: set[str] = set()  # function label values in use (resolved functions)
+        self._functions_lock = threading.Lock()
         # Bounded values of the jobs' ``pool`` label: the strategy, or auto's sub-pools.
         self._pools = frozenset({strategy, "thread", "process"})
 
@@ -379,7 +381,7 @@ class Metrics(Hooks):
             name: str | None = job.func_name
         except Exception:
             name = None
-        func = self._function_label(name)
+        func = self._function_label(name, was_resolved(job))
         label = status if status in STATUSES else OTHER
         pool_label = pool if pool in self._pools else OTHER
         if status in UNTIMED_STATUSES:
@@ -406,20 +408,30 @@ class Metrics(Hooks):
                 self.jobs_recovered.labels(s, outcome).inc()
             if outcome == "abandoned":  # a job that ended for good, though not in this worker
                 queue = fields.get("queue")
-                func = self._function_label(fields.get("function"))
+                func = self._function_label(fields.get("function"), resolved=False)
                 self.jobs.record(queue if queue in self.queue_names else OTHER, func, "abandoned", None, None, None)
 
     # ------------------------------------------------------------------ labels
 
-    def _function_label(self, name: str | None) -> str:
-        """The function's dotted name when the allowlist admits it, else "other" (bounded)."""
-        label = self._functions.get(name)
-        if label is None:
-            ok = bool(name) and any(fnmatchcase(str(name), p) for p in self.allowed_functions)
-            label = str(name) if ok else OTHER
-            if len(self._functions) < _MAX_FUNCTION_CACHE:
-                self._functions[name] = label
-        return label
+    def _function_label(self, name: object, resolved: bool) -> str:
+        """The function's dotted name, or "other": bounded whatever names producers make up.
+
+        A name becomes a label value only once a job's function actually resolved under the
+        allowlist (``resolved``: a name that merely matches a glob may not exist), and only the
+        first ``max_function_labels`` of them do; later ones, and every name that never
+        resolved here (e.g. an abandoned job of another worker), count as "other".
+        """
+        if not isinstance(name, str) or not name:
+            return OTHER
+        if name in self._functions:
+            return name
+        if not resolved:
+            return OTHER
+        with self._functions_lock:
+            if name not in self._functions and len(self._functions) >= self.max_function_labels:
+                return OTHER
+            self._functions.add(name)
+        return name
 
     def _event_child(self, event: str) -> Any:
         child = self._events.get(event)

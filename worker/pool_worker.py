@@ -42,7 +42,8 @@ from rq.utils import current_timestamp, now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from worker import defaults
-from worker.allowlist import check_allowed
+from worker.allowlist import allowlist_for, check_allowed
+from worker.callbacks import CallbackDeadline
 from worker.errors import (
     ChildCrashed,
     ColdShutdown,
@@ -51,9 +52,11 @@ from worker.errors import (
     RequeueJob,
     UnserializableResult,
 )
+from worker.guarded_job import GuardedJob, guarded_job_class
 from worker.hooks import HookChain
 from worker.recovery import SEEN_KEY, WORKER_TTL_FIELD, Recovery
 from worker.strategies import Strategy
+from worker.webhooks import WebhookHosts
 
 if TYPE_CHECKING:
     from worker.cpus import CpuInfo
@@ -259,6 +262,10 @@ class PoolWorker(BaseWorker):
     """An RQ worker that runs up to ``strategy.capacity`` jobs at once."""
 
     log_result_lifespan = False
+    # RQ only uses the worker's death penalty class around job callbacks, and its default
+    # (SIGALRM) works in the main thread only; the callbacks' timeouts are enforced by
+    # GuardedJob's callback wrappers instead (worker/callbacks.py).
+    death_penalty_class = CallbackDeadline
 
     def __init__(
         self,
@@ -269,6 +276,7 @@ class PoolWorker(BaseWorker):
         name: str | None = None,
         serializer: Any = None,
         allowed_functions: list[str] | None = None,
+        webhook_hosts: list[str] | None = None,
         cpu_info: CpuInfo | None = None,
         hooks: HookChain | None = None,
         default_result_ttl: int = defaults.RESULT_TTL_SECONDS,
@@ -280,11 +288,15 @@ class PoolWorker(BaseWorker):
         max_redeliveries: int = defaults.MAX_REDELIVERIES,
         recovery_interval: float = defaults.RECOVERY_INTERVAL_SECONDS,
     ) -> None:
+        self.allowed_functions = allowed_functions or list(defaults.ALLOWED_FUNCTIONS)
+        self.webhook_hosts = WebhookHosts(webhook_hosts or ())
         super().__init__(
             queues,
             name=name,
             connection=connection,
             serializer=serializer,
+            # Jobs resolve their function, callbacks and webhooks through the allowlists.
+            job_class=guarded_job_class(allowlist_for(tuple(self.allowed_functions)), self.webhook_hosts),
             default_result_ttl=default_result_ttl,
             worker_ttl=worker_ttl,
             job_monitoring_interval=max(1, int(heartbeat_interval)),
@@ -294,7 +306,6 @@ class PoolWorker(BaseWorker):
         # RQ logs several lines per job at INFO; at thousands of jobs/s that is the bottleneck.
         self.log = logging.getLogger("worker.rq")
         self.strategy = strategy
-        self.allowed_functions = allowed_functions or list(defaults.ALLOWED_FUNCTIONS)
         self.cpu_info = cpu_info
         self.hooks = hooks or HookChain()
         self.default_job_timeout = default_job_timeout
@@ -530,7 +541,7 @@ class PoolWorker(BaseWorker):
         try:
             self._prepare(ticket)  # retries its one round trip itself, idempotently
             job.started_at = now()
-            check_allowed(job.func_name, self.allowed_functions)
+            self._admit(job)
             timeout = job.timeout or self.default_job_timeout
             limit = None if timeout == -1 else float(timeout)
             ticket.deadline = None if limit is None else time.monotonic() + limit
@@ -559,6 +570,15 @@ class PoolWorker(BaseWorker):
             return False
         self._report(ticket, None, time.perf_counter() - t0)
         return True
+
+    def _admit(self, job: Job) -> None:
+        """Refuse, by name (nothing is imported), a job whose function or callbacks the allowlist
+        does not admit, or a bound-method job. Where the function runs it is resolved under the
+        allowlist too: ``GuardedJob.func`` in this process, the pool child otherwise."""
+        if isinstance(job, GuardedJob):
+            job.check_admissible()
+        else:
+            check_allowed(job.func_name, self.allowed_functions)
 
     def _prepare(self, ticket: Ticket) -> None:
         """RQ's ``prepare_execution`` and ``prepare_job_execution``, in one round trip.
@@ -757,18 +777,27 @@ class PoolWorker(BaseWorker):
                 continue
             if not ticket.claim():
                 continue
-            try:
-                raise JobTimeoutException(
-                    f"Task exceeded maximum timeout value ({ticket.job.timeout} seconds); "
-                    f"the {self.strategy.name} slot running it could not be stopped and was abandoned"
-                )
-            except JobTimeoutException:
-                self._fail(ticket, sys.exc_info(), t - ticket.started)
-            with self._changed:
-                self._tickets.pop(ticket, None)
-                self._changed.notify_all()
-            if ticket.release_once():
-                self._slots.release()
+            if ticket.job._failure_callback_name:
+                # Its failure callback may take up to its timeout (60 s by default): not in this
+                # thread, whose heartbeats keep the worker from being taken for dead.
+                args = (ticket, t - ticket.started)
+                threading.Thread(target=self._fail_overdue, args=args, name="poolq-overdue", daemon=True).start()
+            else:
+                self._fail_overdue(ticket, t - ticket.started)
+
+    def _fail_overdue(self, ticket: Ticket, run_seconds: float) -> None:
+        try:
+            raise JobTimeoutException(
+                f"Task exceeded maximum timeout value ({ticket.job.timeout} seconds); "
+                f"the {self.strategy.name} slot running it could not be stopped and was abandoned"
+            )
+        except JobTimeoutException:
+            self._fail(ticket, sys.exc_info(), run_seconds)
+        with self._changed:
+            self._tickets.pop(ticket, None)
+            self._changed.notify_all()
+        if ticket.release_once():
+            self._slots.release()
 
     def _heartbeat_all(self) -> None:
         """Worker, executions and jobs in one round trip (RQ's maintain_heartbeats, batched)."""

@@ -9,45 +9,20 @@ job module's memory and its own heap, not a second copy of the worker's imports.
 
 from __future__ import annotations
 
-import builtins
 import collections.abc
-import importlib
 import os
 import signal
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from worker.allowlist import Allowlist
+from worker.errors import FunctionNotAllowed
 
 if TYPE_CHECKING:
     import multiprocessing.connection
-
-
-def import_attribute(name: str) -> Any:
-    """``module.attr``, ``module.Class.method`` or a builtin's name, as RQ's ``import_attribute``.
-
-    The longest importable module prefix is imported, the rest looked up with ``getattr``.
-    """
-    parts = name.split(".")
-    if len(parts) == 1:
-        if hasattr(builtins, name):
-            return getattr(builtins, name)
-        raise ValueError(f"invalid attribute name: {name}")
-    for i in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:i])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name is not None and not module_name.startswith(e.name):
-                raise  # the module exists but imports something that does not
-            continue
-        try:
-            for attr in parts[i:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            raise AttributeError(f"module {module_name!r} has no attribute {'.'.join(parts[i:])!r}") from None
-        return obj
-    raise ValueError(f"cannot import {name!r}: no module found")
 
 
 _thread_files = threading.local()
@@ -77,17 +52,39 @@ def runqueue_wait(before: tuple[float, float] | None) -> float:
     return max(0.0, after[1] - before[1]) if before is not None and after is not None else 0.0
 
 
-def child_main(conn: multiprocessing.connection.Connection, measure_runqueue: bool = False) -> None:
+def resolve_reply(allowlist: Allowlist, func_name: str) -> tuple[Any, tuple[Any, ...] | None]:
+    """(the function, None), or (None, the reply that says why it cannot run).
+
+    Replies: ``("refused", message)`` when the allowlist refuses the name or what it resolves to
+    (the parent fails the job with ``FunctionNotAllowed``); ``("unresolved", type, message,
+    traceback)`` when it does not exist or its module fails to import (a job that never ran:
+    the parent labels its metrics ``other``, not by the name a producer made up).
+    """
+    try:
+        return allowlist.resolve(func_name), None
+    except FunctionNotAllowed as e:
+        return None, ("refused", str(e))
+    except BaseException as e:  # ImportError, AttributeError, an error at import time
+        return None, ("unresolved", type(e).__name__, str(e), traceback.format_exc())
+
+
+def child_main(
+    conn: multiprocessing.connection.Connection, patterns: Sequence[str], measure_runqueue: bool = False
+) -> None:
     """A pool child: runs (function name, args, kwargs) messages until told to stop.
 
     The child never talks to Redis: the parent owns the job's lifecycle, so a child that
-    crashes or is killed cannot leave a half-written job behind. Replies ``("ok", value,
-    cpu_seconds)``; with ``measure_runqueue`` (auto's children) also the seconds the job waited
-    for a core, which on a busy machine would make a CPU-bound job look less CPU-bound than it is.
+    crashes or is killed cannot leave a half-written job behind. The function is resolved here,
+    under the allowlist ``patterns`` (worker/allowlist.py: the parent only checked the name and
+    imports nothing of the job), replying as :func:`resolve_reply` says when it cannot run.
+    Replies ``("ok", value, cpu_seconds)`` or ``("err", type, message, traceback)`` when the
+    function ran; with ``measure_runqueue`` (auto's children) "ok" also carries the seconds the
+    job waited for a core, which on a busy machine would make a CPU-bound job look less
+    CPU-bound than it is.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when jobs stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    funcs: dict[str, Any] = {}
+    allowlist = Allowlist(patterns)
     while True:
         try:
             msg = conn.recv()
@@ -97,10 +94,11 @@ def child_main(conn: multiprocessing.connection.Connection, measure_runqueue: bo
             return
         func_name, args, kwargs = msg
         t0, s0 = time.process_time(), schedstat() if measure_runqueue else None
+        func, refusal = resolve_reply(allowlist, func_name)
+        if refusal is not None:
+            conn.send(refusal)
+            continue
         try:
-            func = funcs.get(func_name)
-            if func is None:
-                func = funcs[func_name] = import_attribute(func_name)
             value = func(*args, **kwargs)
             if isinstance(value, collections.abc.Coroutine):  # as asyncio.iscoroutine, without asyncio
                 import asyncio

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
-from worker.errors import ChildCrashed, RemoteJobError, RemoteTraceback, RequeueJob
+from worker import defaults
+from worker.allowlist import mark_resolved
+from worker.errors import ChildCrashed, FunctionNotAllowed, RemoteJobError, RemoteTraceback, RequeueJob
 from worker.poolchild import child_main
 
 if TYPE_CHECKING:
@@ -56,6 +58,9 @@ class StrategyConfig:
     # Imported once in the forkserver, so a new or recycled child starts warm. A process-pool
     # child imports nothing else (worker/poolchild.py): no rq or redis-py in the children.
     preload: tuple[str, ...] = ("worker.poolchild", "worker.jobs")
+    # WORKER_ALLOWED_FUNCTIONS, for the pool children: they resolve the jobs' functions under it
+    # (the parent checks the name only and imports nothing of a job it sends to a child).
+    allowed_functions: tuple[str, ...] = defaults.ALLOWED_FUNCTIONS
 
 
 @dataclass
@@ -308,9 +313,9 @@ _child_main = child_main
 class PoolChild:
     """One child process of the pool and the pipe to it."""
 
-    def __init__(self, ctx: ForkServerContext) -> None:
+    def __init__(self, ctx: ForkServerContext, patterns: tuple[str, ...]) -> None:
         self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.process: ForkServerProcess = ctx.Process(target=_child_main, args=(child_conn,), daemon=True)
+        self.process: ForkServerProcess = ctx.Process(target=_child_main, args=(child_conn, patterns), daemon=True)
         self.process.start()
         child_conn.close()
         self.jobs_done = 0
@@ -321,6 +326,18 @@ class PoolChild:
 
     def alive(self) -> bool:
         return self.process.is_alive()
+
+    def wait_reply(self, timeout: float) -> bool:
+        """``conn.poll(timeout)`` for any timeout: poll() takes milliseconds as a C int, so a
+        wait beyond ~24.8 days (a job with no timeout waits 1e9 s) raised OverflowError after
+        the job was sent, and the slot's next job read this job's reply. Waits a day at a time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if self.conn.poll(max(0.0, min(left, 86400.0))):
+                return True
+            if left <= 86400.0:
+                return False
 
     def kill(self) -> None:
         """Kill and reap the child. Safe to call twice, from two threads (a slot replacing its
@@ -369,6 +386,25 @@ def recycle_reason(pid: int, jobs_done: int, cfg: StrategyConfig, what: str) -> 
     return "memory"
 
 
+def unpack_reply(job: Job, reply: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pool child's reply to one call (hybrid's without its call id): the ``"ok"`` tuple, or raise.
+
+    ``"ok"`` and ``"err"`` (the function ran and raised) mean the function resolved in the child
+    under the allowlist, which the job's metrics label needs to know; ``"refused"`` raises
+    :class:`FunctionNotAllowed` (status ``rejected``); ``"unresolved"`` (no such function, an
+    import error) raises :class:`RemoteJobError` with the child's traceback.
+    """
+    kind = reply[0]
+    if kind == "refused":
+        raise FunctionNotAllowed(str(reply[1]))
+    if kind != "unresolved":
+        mark_resolved(job)
+    if kind == "ok":
+        return reply
+    _, type_name, message, tb = reply
+    raise RemoteJobError(f"{type_name}: {message}") from RemoteTraceback(tb)
+
+
 def describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "exit status unknown"
@@ -404,7 +440,7 @@ class ProcessStrategy(Strategy):
         self.kill_reasons: dict[int, str] = {}
 
     def _start_child(self, slot: Slot) -> None:
-        slot.child = PoolChild(self.ctx)
+        slot.child = PoolChild(self.ctx, self.config.allowed_functions)
 
     def start(self) -> None:
         self.threads.start()
@@ -422,13 +458,13 @@ class ProcessStrategy(Strategy):
         if slot.child is None or not slot.child.alive():
             if slot.child is not None:
                 slot.child.kill()
-            slot.child = PoolChild(self.ctx)
+            slot.child = PoolChild(self.ctx, self.config.allowed_functions)
         return slot, slot.child
 
     def _replace(self, slot: Slot, reason: str) -> None:
         if slot.child is not None:
             slot.child.kill()
-        slot.child = PoolChild(self.ctx)
+        slot.child = PoolChild(self.ctx, self.config.allowed_functions)
         self.children_replaced += 1
         self._event("child_replaced", reason=reason)
 
@@ -441,7 +477,7 @@ class ProcessStrategy(Strategy):
             raise ChildCrashed(f"pool child {child.pid} was gone before the job started: {e}") from None
         except Exception as e:  # arguments that cannot be pickled (pickle serializer only)
             raise RemoteJobError(f"job arguments could not be sent to the pool child: {e}") from None
-        ready = child.conn.poll(timeout)
+        ready = child.wait_reply(timeout)
         if not ready:
             pid = child.pid
             self._replace(slot, "timed_out")
@@ -464,16 +500,13 @@ class ProcessStrategy(Strategy):
             raise ChildCrashed(f"pool child {pid} died while running the job: {describe_exit(code)}") from None
         child.jobs_done += 1
         self._after_job(slot, child)
-        if reply[0] == "ok":
-            return reply[1]
-        _, type_name, message, tb = reply
-        raise RemoteJobError(f"{type_name}: {message}") from RemoteTraceback(tb)
+        return unpack_reply(job, reply)[1]
 
     def _after_job(self, slot: Slot, child: PoolChild) -> None:
         reason = recycle_reason(child.pid, child.jobs_done, self.config, "pool child")
         if reason is not None:
             child.stop()
-            slot.child = PoolChild(self.ctx)
+            slot.child = PoolChild(self.ctx, self.config.allowed_functions)
             self.children_replaced += 1
             self._event("child_replaced", reason=reason)
 
