@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from producer.results import Figures, Results, SummaryRow, TimeoutRun
 
 SHADES = {
     "thread": ("#1f77b4", "#9ecae1", "#08306b", "#4292c6"),
@@ -29,6 +32,7 @@ SHADES = {
     "auto": ("#2ca02c", "#a1d99b", "#00441b", "#41ab5d"),
 }
 _ASSIGNED: dict[str, str] = {}
+Value = Callable[[SummaryRow], float | None]  # the number a bar shows, of one summary row
 
 
 def _legend(ax: Any) -> None:
@@ -36,9 +40,8 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize=8)
 
 
-def _label(row: dict[str, Any]) -> str:
-    cpu = row.get("cpu_limit")  # container experiments: the same slots under two limits are two configurations
-    return f"{row['strategy']}x{row['concurrency']}" + (f"@{float(cpu):g}cpu" if cpu is not None else "")
+def _label(row: SummaryRow) -> str:
+    return row.label  # container experiments: the same slots under two limits are two configurations
 
 
 def _color(label: str) -> str:
@@ -51,35 +54,41 @@ def _color(label: str) -> str:
     return _ASSIGNED[label]
 
 
-def _configs(summary: list[dict[str, Any]]) -> list[str]:
+def _configs(summary: list[SummaryRow]) -> list[str]:
     order = {s: i for i, s in enumerate(SHADES)}
-    rows = sorted(summary, key=lambda r: (order.get(r["strategy"], 9), int(r["concurrency"])))
+    rows = sorted(summary, key=lambda r: (order.get(r.strategy, 9), int(r.concurrency)))
     return list(dict.fromkeys(_label(r) for r in rows))
 
 
 def _bars_on(
     ax: Any,
-    summary: list[dict[str, Any]],
-    key: str,
-    low: str | None = None,
-    high: str | None = None,
-    marker: str | None = None,
+    summary: list[SummaryRow],
+    key: Value,
+    low: Value | None = None,
+    high: Value | None = None,
+    marker: Value | None = None,
 ) -> None:
-    workloads = list(dict.fromkeys(r["workload"] for r in summary))
+    workloads = list(dict.fromkeys(r.workload for r in summary))
     configs = _configs(summary)
     width = 0.8 / max(1, len(configs))
     for i, cfg in enumerate(configs):
         xs, ys, lo, hi, marks = [], [], [], [], []
         for j, w in enumerate(workloads):
-            row = next((r for r in summary if r["workload"] == w and _label(r) == cfg), None)
-            if row is None or row.get(key) is None:
+            row = next((r for r in summary if r.workload == w and _label(r) == cfg), None)
+            value = key(row) if row is not None else None
+            if row is None or value is None:
                 continue
-            y = float(row[key])
+            y = float(value)
+            lo_v, hi_v, mark_v = (
+                (low(row) if low else None),
+                (high(row) if high else None),
+                (marker(row) if marker else None),
+            )
             xs.append(j - 0.4 + width * (i + 0.5))
             ys.append(y)
-            lo.append(y - float(row[low]) if low and row.get(low) is not None else 0.0)
-            hi.append(float(row[high]) - y if high and row.get(high) is not None else 0.0)
-            marks.append(float(row[marker]) if marker and row.get(marker) is not None else math.nan)
+            lo.append(y - float(lo_v) if lo_v is not None else 0.0)
+            hi.append(float(hi_v) - y if hi_v is not None else 0.0)
+            marks.append(float(mark_v) if mark_v is not None else math.nan)
         if not xs:
             continue
         ax.bar(xs, ys, width * 0.95, label=cfg, color=_color(cfg))
@@ -92,14 +101,26 @@ def _bars_on(
     ax.grid(axis="y", alpha=0.3)
 
 
-def memory_chart(out: Path, summary: list[dict[str, Any]]) -> Path:
-    n = max(1, len(dict.fromkeys(r["workload"] for r in summary)))
+def _figure(get: Callable[[Figures], float | None]) -> Value:
+    return lambda r: get(r.figures)
+
+
+def memory_chart(out: Path, summary: list[SummaryRow]) -> Path:
+    n = max(1, len(dict.fromkeys(r.workload for r in summary)))
     fig, axes = plt.subplots(1, 2, figsize=(max(10.0, 3.2 * n + 3), 4.2))
     for ax, (peak_key, idle_key, title) in zip(
         axes,
         (
-            ("peak_uss_mib", "idle_uss_mib", "USS: memory no other process shares"),
-            ("peak_pss_mib", "idle_pss_mib", "PSS: shared pages divided among their users"),
+            (
+                _figure(lambda m: m.peak_uss_mib),
+                _figure(lambda m: m.idle_uss_mib),
+                "USS: memory no other process shares",
+            ),
+            (
+                _figure(lambda m: m.peak_pss_mib),
+                _figure(lambda m: m.idle_pss_mib),
+                "PSS: shared pages divided among their users",
+            ),
         ),
         strict=True,
     ):
@@ -117,17 +138,17 @@ def memory_chart(out: Path, summary: list[dict[str, Any]]) -> Path:
 
 def _bars(
     out: Path,
-    summary: list[dict[str, Any]],
-    key: str,
+    summary: list[SummaryRow],
+    key: Value,
     ylabel: str,
     title: str,
     name: str,
-    low: str | None = None,
-    high: str | None = None,
-    marker: str | None = None,
+    low: Value | None = None,
+    high: Value | None = None,
+    marker: Value | None = None,
     log_scale: bool = False,
 ) -> Path:
-    workloads = list(dict.fromkeys(r["workload"] for r in summary))
+    workloads = list(dict.fromkeys(r.workload for r in summary))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(workloads) + 2), 4.2))
     _bars_on(ax, summary, key, low, high, marker)
     ax.set_ylabel(ylabel)
@@ -143,7 +164,7 @@ def _bars(
     return path
 
 
-def latency_cdf(out: Path, summary: list[dict[str, Any]]) -> Path | None:
+def latency_cdf(out: Path, summary: list[SummaryRow]) -> Path | None:
     jobs_csv = out / "jobs.csv"
     if not jobs_csv.exists():
         return None
@@ -154,7 +175,7 @@ def latency_cdf(out: Path, summary: list[dict[str, Any]]) -> Path | None:
                 continue
             key = (row["workload"], row["cell"].split("/")[0] or f"{row['strategy']}x{row['concurrency']}")
             series.setdefault(key, []).append(float(row["ended_at"]) - float(row["enqueued_at"]))
-    workloads = list(dict.fromkeys(r["workload"] for r in summary))
+    workloads = list(dict.fromkeys(r.workload for r in summary))
     if not workloads or not series:
         return None
     cols = min(2, len(workloads))
@@ -183,24 +204,30 @@ def latency_cdf(out: Path, summary: list[dict[str, Any]]) -> Path | None:
     return path
 
 
-def cpu_scaling_chart(out: Path, summary: list[dict[str, Any]]) -> Path | None:
+def cpu_scaling_chart(out: Path, summary: list[SummaryRow]) -> Path | None:
     """Container experiments: jobs/s against the CPU limit, one line per strategy (and size
     argument), one panel per workload; the dotted line is linear scaling from the smallest limit."""
-    rows = [r for r in summary if r.get("cpu_limit") is not None and r.get("throughput_jobs_s") is not None]
-    if len({float(r["cpu_limit"]) for r in rows}) < 2:
+    points = [
+        (r, r.cpu_limit, r.figures.throughput_jobs_s)
+        for r in summary
+        if r.cpu_limit is not None and r.figures.throughput_jobs_s is not None
+    ]
+    if len({cpu for _, cpu, _ in points}) < 2:
         return None
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    workloads = list(dict.fromkeys(r.workload for r, _, _ in points))
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.0 * len(workloads), 3.8), squeeze=False)
     for ax, w in zip(axes[0], workloads, strict=True):
-        lines: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            if r["workload"] == w:
-                lines.setdefault(f"{r['strategy']} ({r.get('concurrency_arg') or r['concurrency']})", []).append(r)
+        lines: dict[str, list[tuple[str, float, float]]] = {}
+        for r, cpu, thr in points:
+            if r.workload == w and cpu is not None and thr is not None:
+                lines.setdefault(f"{r.strategy} ({r.concurrency_arg or r.concurrency})", []).append(
+                    (r.strategy, cpu, thr)
+                )
         for label, rs in lines.items():
-            rs.sort(key=lambda r: float(r["cpu_limit"]))
-            xs = [float(r["cpu_limit"]) for r in rs]
-            ys = [float(r["throughput_jobs_s"]) for r in rs]
-            color = _color(f"{rs[0]['strategy']}x{label}")
+            rs.sort(key=lambda p: p[1])
+            xs = [cpu for _, cpu, _ in rs]
+            ys = [thr for _, _, thr in rs]
+            color = _color(f"{rs[0][0]}x{label}")
             ax.plot(xs, ys, marker="o", label=label, color=color)
             ax.plot(xs, [ys[0] * x / xs[0] for x in xs], linestyle=":", color=color, alpha=0.6)
         ax.set_title(f"{w}: throughput vs CPU limit")
@@ -216,17 +243,17 @@ def cpu_scaling_chart(out: Path, summary: list[dict[str, Any]]) -> Path | None:
     return path
 
 
-def timeouts_chart(out: Path, timeouts: list[dict[str, Any]]) -> Path | None:
+def timeouts_chart(out: Path, timeouts: list[TimeoutRun]) -> Path | None:
     if not timeouts:
         return None
     fig, ax = plt.subplots(figsize=(7.0, 4.0))
     for t in timeouts:
-        line = t.get("cpu_timeline") or []
+        line = t.cpu_timeline
         if not line:
             continue
         t0 = line[0][1]
-        ax.plot([p[0] for p in line], [p[1] - t0 for p in line], label=t["strategy"], color=_color(t["strategy"]))
-    limit = timeouts[0].get("job_timeout_s")
+        ax.plot([p[0] for p in line], [p[1] - t0 for p in line], label=t.strategy, color=_color(t.strategy))
+    limit = timeouts[0].job_timeout_s
     if limit:
         ax.axvline(float(limit), color="black", linestyle="--", linewidth=1, label=f"job_timeout={limit} s")
     ax.set_xlabel("seconds since the overdue job started")
@@ -241,15 +268,15 @@ def timeouts_chart(out: Path, timeouts: list[dict[str, Any]]) -> Path | None:
     return path
 
 
-def write_all(out: Path, results: dict[str, Any]) -> list[Path]:
-    summary = results.get("summary") or []
+def write_all(out: Path, results: Results) -> list[Path]:
+    summary = results.summary
     paths: list[Path] = []
     if summary:
         paths.append(
             _bars(
-                out, summary, "throughput_jobs_s", "jobs/s (median; whiskers: min-max over repeats)",
-                "Throughput per strategy per workload", "throughput.png", "throughput_min", "throughput_max",
-                log_scale=True,
+                out, summary, _figure(lambda m: m.throughput_jobs_s), "jobs/s (median; whiskers: min-max over repeats)",
+                "Throughput per strategy per workload", "throughput.png", lambda r: r.throughput_min,
+                lambda r: r.throughput_max, log_scale=True,
             )
         )  # fmt: skip
         paths.append(memory_chart(out, summary))
@@ -259,7 +286,7 @@ def write_all(out: Path, results: dict[str, Any]) -> list[Path]:
         scaling = cpu_scaling_chart(out, summary)
         if scaling:
             paths.append(scaling)
-    tc = timeouts_chart(out, results.get("timeouts") or [])
+    tc = timeouts_chart(out, results.timeouts)
     if tc:
         paths.append(tc)
     return paths

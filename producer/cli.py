@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from producer.errors import BadInput
+from producer.settings import from_args
 
 EPILOG = """\
 examples:
@@ -163,18 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_for(args: argparse.Namespace) -> Any:
-    from producer.settings import ProducerSettings
-
-    overrides: dict[str, Any] = {}
-    for flag, field in (("redis_url", "redis_url"), ("queue", "queue"), ("batch_size", "batch_size"),
-                        ("progress", "progress"), ("worker_metrics", "worker_metrics")):  # fmt: skip
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[field] = value
-    return ProducerSettings(**overrides)
-
-
 def cmd_enqueue(args: argparse.Namespace) -> int:
     import redis
 
@@ -182,7 +172,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     from producer.enqueue import connect, enqueue, make_progress
     from producer.workloads import build_spec
 
-    settings = settings_for(args)
+    settings = from_args(args)
     spec = build_spec(args.workload, list(args.param))
     if args.count <= 0:
         raise BadInput(f"--count must be a positive number of jobs, got {args.count}")
@@ -212,13 +202,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from producer import experiment as ex
-
-    settings = settings_for(args)
-    strategies = ex.parse_list(args.strategies, ex.STRATEGIES, "strategies", "strategy")
+    from producer import experiment, options
+    from producer.backends import select
     from producer.workloads import WORKLOADS
 
-    workloads = ex.parse_list(args.workloads, list(WORKLOADS), "workloads", "workload")
+    settings = from_args(args)
+    strategies = options.parse_list(args.strategies, options.STRATEGIES, "strategies", "strategy")
+    workloads = options.parse_list(args.workloads, list(WORKLOADS), "workloads", "workload")
     if args.repeats < 1:
         raise BadInput(f"--repeats must be >= 1, got {args.repeats}")
     if args.sample_interval <= 0 or args.cell_timeout <= 0 or args.metrics_settle < 0:
@@ -234,24 +224,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                            "worker processes")  # fmt: skip
         if args.worker_metrics:
             raise BadInput("--worker-metrics is for running workers; --docker scrapes the containers it starts")
-        from producer.containers import docker_options
-
-        docker_opts = docker_options(args.cpus, args.memory, args.image, args.redis_image, args.network,
-                                     args.redis_url, args.health_timeout)  # fmt: skip
+        docker_opts = options.docker_options(args.cpus, args.memory, args.image, args.redis_image, args.network,
+                                             args.redis_url, args.health_timeout)  # fmt: skip
     elif docker_flags:
         raise BadInput(f"{docker_flags[0]} is for container experiments: add --docker")
-    metrics = ex.parse_worker_metrics(settings.worker_metrics) if docker_opts is None else {}
+    metrics = options.parse_worker_metrics(settings.worker_metrics) if docker_opts is None else {}
     if metrics and args.local:
         raise BadInput("--worker-metrics is for running workers; --local measures its own workers' process trees")
-    opts = ex.Options(
+    opts = options.Options(
         strategies=strategies,
         workloads=workloads,
-        counts=ex.parse_counts(args.count, workloads),
-        concurrency=ex.parse_concurrency(args.concurrency, strategies, workloads),
+        counts=options.parse_counts(args.count, workloads),
+        concurrency=options.parse_concurrency(args.concurrency, strategies, workloads),
         out=args.out,
         local=args.local,
         repeats=args.repeats,
-        params=ex.parse_params(args.param, workloads),
+        params=options.parse_params(args.param, workloads),
         worker_metrics=metrics,
         startup=not args.no_startup,
         timeouts=not args.no_timeouts,
@@ -268,36 +256,27 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         argv=sys.argv[1:],
         docker=docker_opts,
     )
-    if docker_opts is not None:
-        from producer.containers import preflight
+    backend = select(opts)
+    backend.preflight()  # Redis, running workers, the engine, images, limits: refused before anything starts
+    if not backend.interrupt_on_sigterm:
+        results = experiment.run(opts, backend)
+        return 130 if results.meta.interrupted else 0
 
-        preflight(docker_opts)  # engine, images, limits: refused before anything starts
-        return _run_interruptible(opts)
-    if not args.local:
-        ex.check_running_workers(opts)
-    results = ex.run(opts)
-    return 130 if results["meta"].get("interrupted") else 0
-
-
-def _run_interruptible(opts: Any) -> int:
-    """A container experiment: SIGTERM is handled like Ctrl-C, so ``kill`` also removes the containers."""
-    import signal
-
-    from producer import experiment as ex
-
-    def on_term(signum: int, frame: Any) -> None:
+    def on_term(signum: int, frame: Any) -> None:  # SIGTERM like Ctrl-C: the backend removes what it started
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        results = ex.run(opts)
+        results = experiment.run(opts, backend)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 130 if results["meta"].get("interrupted") else 0
+    return 130 if results.meta.interrupted else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from producer.plan import load_results, make_plan, render
+    from producer.plan import make_plan, render
+    from producer.records import strict_json
+    from producer.results import load_results
 
     results = load_results(args.results)
     plan = make_plan(
@@ -305,9 +284,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.model, args.shared_cpus,
     )  # fmt: skip
     if args.json:
-        from producer.experiment import _clean
-
-        print(json.dumps(_clean(plan.to_json()), indent=1))
+        print(json.dumps(strict_json(plan.to_json()), indent=1))
     else:
         print(render(plan), end="")
     return 0 if plan.recommended is not None else 1
@@ -323,7 +300,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from producer import charts, report
-    from producer.plan import load_results
+    from producer.results import load_results
 
     results = load_results(args.results)
     charts.write_all(args.results, results)

@@ -21,8 +21,9 @@ labelled ``poolq.experiment=<run id>`` so that cleanup — and anyone else — c
   the container with SIGTERM (the worker drains) before the next cell starts.
 
 Every cell records, beside RQ's job timestamps: the container's own stats from the Docker API
-(memory usage and limit, peak working set, CPU seconds, CPU throttling) and the worker's own
-metrics scraped from ``/metrics`` (tree PSS, ``poolq_available_cpus``, ``poolq_pool_size``).
+(:mod:`producer.container_stats`) and the worker's own metrics scraped from ``/metrics``
+(tree PSS, ``poolq_available_cpus``, ``poolq_pool_size``); the cell itself is
+:mod:`producer.backends.docker`. The flags' syntax is checked in :mod:`producer.options`.
 
 Cleanup: whatever happens (an error, Ctrl-C, SIGTERM), :meth:`DockerLab.close` removes every
 container and network it created, then sweeps by label for anything a failed call may have
@@ -36,120 +37,19 @@ the socket is root on the host — so the stack does not mount it.
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 import signal
-import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from producer.errors import BadInput
+from producer.options import MIB, DockerOptions, mib
+from producer.processes import reachable
 
 LABEL = "poolq.experiment"
-DEFAULT_IMAGE = "poolq:local"  # what `docker compose build` tags (compose.yaml)
-DEFAULT_REDIS_IMAGE = "redis:7.2.5"  # the compose stack's Redis
-DEFAULT_MEMORY = "1g"
-MIB = 1024 * 1024
-# Below this a worker with its pool is killed by the OOM killer while it starts (an idle
-# process worker with two children is ~80 MiB PSS), so the cell would measure nothing.
-MIN_MEMORY = 128 * MIB
-# A worker needs about a second of CPU to start (interpreter, rq, prometheus-client, the
-# pool); at 0.01 CPU (Docker's floor) that is minutes before the first job.
-MIN_CPUS = 0.1
 BUILD_HINT = "build it from the repository with `docker build -t {image} .` (or `docker compose build`)"
-
-
-# ---------------------------------------------------------------------------------------------
-# options
-
-
-def parse_cpus(value: str) -> list[float]:
-    """``--cpus 1,2,0.5`` -> [1.0, 2.0, 0.5]: CPU limits, one cell dimension."""
-    out: list[float] = []
-    for item in (v.strip() for v in value.split(",")):
-        if not item:
-            continue
-        try:
-            cpus = float(item)
-        except ValueError:
-            raise BadInput(f"--cpus {item!r}: expected a number of CPUs, e.g. --cpus 1,2 or 0.5") from None
-        if not math.isfinite(cpus) or cpus < MIN_CPUS:
-            raise BadInput(f"--cpus {item!r}: a CPU limit must be at least {MIN_CPUS:g} (a worker needs ~1 s of CPU "
-                           "to start)")  # fmt: skip
-        if round(cpus, 2) != cpus:
-            raise BadInput(f"--cpus {item!r}: at most two decimals (Docker's --cpus granularity is 0.01)")
-        if cpus in out:
-            raise BadInput(f"--cpus names {item} twice")
-        out.append(cpus)
-    if not out:
-        raise BadInput("--cpus needs at least one CPU limit, e.g. --cpus 1,2")
-    return out
-
-
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": MIB, "g": 1024 * MIB}
-
-
-def parse_memory(value: str) -> int:
-    """``512m`` / ``1g`` / ``1.5g`` / ``268435456`` -> bytes (Docker's units: binary, b/k/m/g)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmg]?)(?:i?b)?\s*", value.lower())
-    if not m:
-        raise BadInput(f"--memory {value!r}: expected a size such as 512m or 1g (units b, k, m, g)")
-    size = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if size < MIN_MEMORY:
-        raise BadInput(
-            f"--memory {value!r} is below the floor of {MIN_MEMORY // MIB} MiB: a worker and its pool would be "
-            "OOM-killed while starting"
-        )
-    return size
-
-
-def mib(n: float) -> str:
-    return f"{n / MIB:,.0f} MiB" if n < 1024 * MIB else f"{n / 1024 / MIB:g} GiB"
-
-
-@dataclass
-class DockerOptions:
-    cpus: list[float]
-    memory: int
-    image: str = DEFAULT_IMAGE
-    redis_image: str = DEFAULT_REDIS_IMAGE
-    network: str | None = None  # an existing network (with --redis-url): the compose stack's
-    redis_url: str | None = None  # Redis as the workers see it on ``network``
-    health_timeout: float = 180.0
-    stop_timeout: int = 40  # > the worker's WORKER_SHUTDOWN_TIMEOUT (30 s): it drains and exits 0
-
-
-def docker_options(
-    cpus: str | None,
-    memory: str | None,
-    image: str | None,
-    redis_image: str | None,
-    network: str | None,
-    redis_url: str | None,
-    health_timeout: float,
-) -> DockerOptions:
-    """Checks the flags' syntax (no engine needed): everything that is wrong in the command line."""
-    if network and not redis_url:
-        raise BadInput("--network needs --redis-url: the Redis on that network, as its containers reach it "
-                       "(e.g. --network poolq_default --redis-url redis://redis:6379/0)")  # fmt: skip
-    if redis_url and not network:
-        raise BadInput("--docker with --redis-url needs --network (the Docker network on which that Redis runs); "
-                       "without both the producer starts its own Redis container")  # fmt: skip
-    if health_timeout <= 0:
-        raise BadInput(f"--health-timeout must be positive, got {health_timeout:g}")
-    return DockerOptions(
-        cpus=parse_cpus(cpus or "1"),
-        memory=parse_memory(memory or DEFAULT_MEMORY),
-        image=image or DEFAULT_IMAGE,
-        redis_image=redis_image or DEFAULT_REDIS_IMAGE,
-        network=network,
-        redis_url=redis_url,
-        health_timeout=health_timeout,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,97 +127,6 @@ def engine_facts(client: Any, info: dict[str, Any] | None = None) -> dict[str, A
 
 
 # ---------------------------------------------------------------------------------------------
-# container stats
-
-
-@dataclass(frozen=True)
-class StatsReading:
-    t: float
-    usage: float  # bytes charged to the container's memory cgroup (page cache included)
-    working_set: float  # usage - inactive file cache: what `docker stats` shows, what the OOM killer weighs
-    limit: float
-    max_usage: float | None  # cgroup v1 only: the peak since the container started
-    cpu_ns: float  # CPU time of every process in the container (health checks included)
-    throttled_ns: float
-    throttled_periods: float
-    pids: float | None
-
-
-def parse_stats(s: dict[str, Any]) -> StatsReading | None:
-    """One reading from the Docker API's stats (cgroup v1 or v2); None for an empty one."""
-    mem = s.get("memory_stats") or {}
-    cpu = s.get("cpu_stats") or {}
-    if "usage" not in mem or not cpu.get("cpu_usage"):
-        return None
-    usage = float(mem["usage"])
-    st = mem.get("stats") or {}
-    inactive = st.get("total_inactive_file", st.get("inactive_file", 0))
-    thr = cpu.get("throttling_data") or {}
-    pids = (s.get("pids_stats") or {}).get("current")
-    return StatsReading(
-        t=time.time(),
-        usage=usage,
-        working_set=max(0.0, usage - float(inactive)),
-        limit=float(mem.get("limit") or 0),
-        max_usage=float(mem["max_usage"]) if mem.get("max_usage") else None,
-        cpu_ns=float(cpu["cpu_usage"].get("total_usage") or 0),
-        throttled_ns=float(thr.get("throttled_time") or 0),
-        throttled_periods=float(thr.get("throttled_periods") or 0),
-        pids=float(pids) if pids else None,
-    )
-
-
-class StatsSampler:
-    """The container's stats stream (one reading a second from the engine) on a thread."""
-
-    def __init__(self, container: Any) -> None:
-        self.container = container
-        self.readings: list[StatsReading] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def sample_now(self) -> StatsReading | None:
-        """A single reading, now (``one_shot``: no wait for a second sample)."""
-        try:
-            r = parse_stats(self.container.stats(stream=False, one_shot=True))
-        except Exception as e:
-            self.errors.append(f"{type(e).__name__}: {e}")
-            return None
-        if r is not None:
-            self.readings.append(r)
-        return r
-
-    def _loop(self) -> None:
-        stream: Iterator[dict[str, Any]] | None = None
-        try:
-            stream = self.container.stats(stream=True, decode=True)
-            for s in stream:
-                r = parse_stats(s)
-                if r is not None:
-                    self.readings.append(r)
-                if self._stop.is_set():
-                    break
-        except Exception as e:
-            if not self._stop.is_set():
-                self.errors.append(f"{type(e).__name__}: {e}")
-        finally:
-            if stream is not None:
-                with contextlib.suppress(Exception):
-                    stream.close()  # type: ignore[attr-defined]
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="poolq-docker-stats", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-
-
-# ---------------------------------------------------------------------------------------------
 # the lab: what the producer starts, and its cleanup
 
 
@@ -382,8 +191,6 @@ class DockerLab:
         self.redis_container = c
         self.redis_container_url = f"redis://{name}:6379/0"
         url = f"redis://127.0.0.1:{_published(c, '6379/tcp')}/0"
-        from producer.local import reachable
-
         deadline = time.monotonic() + 60
         while not reachable(url, 1.0):
             c.reload()
@@ -397,8 +204,6 @@ class DockerLab:
         """``--redis-url`` names a host on ``--network`` (a compose service): the producer on the host
         reaches that container by its address on the network (a bridge network is routed from a Linux
         host); any other host name is used as it is."""
-        from producer.local import reachable
-
         url = self.redis_container_url
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
@@ -476,18 +281,17 @@ class DockerLab:
             return str(w.container.logs(stdout=True, stderr=True).decode("utf-8", "replace"))
         return ""
 
-    def stop_worker(self, w: WorkerContainer) -> dict[str, Any]:
+    def stop_worker(self, w: WorkerContainer) -> tuple[int | None, bool]:
         """SIGTERM (the worker drains), logs saved, container removed; its exit code and OOM flag."""
-        out: dict[str, Any] = {}
         try:
             w.container.stop(timeout=self.opts.stop_timeout)
             w.container.reload()
             state = w.container.attrs.get("State") or {}
-            out = {"worker_exit": state.get("ExitCode"), "oom_killed": bool(state.get("OOMKilled"))}
             w.log_path.write_text(self.logs(w))
         finally:
             self._remove(w.container)
-        return out
+        code = state.get("ExitCode")
+        return (int(code) if code is not None else None), bool(state.get("OOMKilled"))
 
     def kill_worker(self, w: WorkerContainer) -> None:
         """After an error or Ctrl-C: logs saved (they say what went wrong), container removed at once."""
@@ -566,133 +370,3 @@ def leftovers(client: Any, run_id: str | None = None) -> dict[str, list[str]]:
         "networks": [n.name for n in client.networks.list(filters=f)],
         "volumes": [v.name for v in client.volumes.list(filters=f)],
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# a cell
-
-
-def run_docker_cell(
-    ctx: Any, lab: DockerLab, strategy: str, conc: str, workload: str, cpus: float, repeat: int
-) -> dict[str, Any]:
-    """One cell in a fresh worker container limited to ``cpus`` CPUs and ``--memory``.
-
-    Same steps as a ``--local`` cell (warm-up job per slot, one burst, wait until every job has
-    ended, RQ's timestamps), with the container's stats beside the worker's own metrics.
-    """
-    from producer.enqueue import enqueue
-    from producer.experiment import _finish_cell, wait_done, wait_quiet
-    from producer.measure import HostCpu, MetricsProbe, other_load
-    from producer.workloads import build_spec
-
-    opts = ctx.opts
-    count = opts.counts[workload]
-    queue = ctx.queue_name(f"{strategy}{conc}", f"c{cpus:g}", workload, f"r{repeat}")
-    name = queue.replace(".", "_")  # container and RQ worker name
-    quiet = wait_quiet(ctx)
-    cell: dict[str, Any] = {
-        "mode": "docker",
-        "other_cores_before": quiet,
-        "strategy": strategy,
-        "concurrency_arg": conc,
-        "workload": workload,
-        "repeat": repeat,
-        "count": count,
-        "spec": ctx.specs[workload].describe(),
-        "queue": queue,
-        "cpu_limit": cpus,
-        "memory_limit_mib": lab.opts.memory / MIB,
-        "image": lab.opts.image,
-        "container": name,
-    }
-    ids: list[str] = []
-    done = False
-    problems: list[str] = []
-    worker = lab.start_worker(strategy, conc, queue, name, cpus)
-    stats = StatsSampler(worker.container)
-    probe = MetricsProbe([worker.metrics_url])
-    drain = False  # an error or Ctrl-C: remove the container at once (SIGKILL), no drain
-    try:
-        cell["healthy_after_s"] = lab.wait_healthy(worker)
-        raw = ctx.conn.hgetall(f"rq:worker:{name}")
-        info = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
-        before = probe.sample_now()
-        if before is None or before.pool_size is None:
-            raise RuntimeError(f"no poolq metrics at {worker.metrics_url}: {probe.errors[-1:]}")
-        capacity = int(before.pool_size or info.get("poolq_concurrency") or 1)
-        cell["concurrency"] = capacity
-        cell["pool_size"] = capacity
-        cell["registered_concurrency"] = int(info["poolq_concurrency"]) if info.get("poolq_concurrency") else None
-        cell["available_cpus"] = int(before.available_cpus) if before.available_cpus else None
-        cell["key"] = f"{strategy}x{capacity}@{cpus:g}cpu/{workload}/r{repeat}"
-        warm = enqueue(ctx.conn, queue, build_spec("noop"), capacity, result_ttl=60)
-        if not wait_done(ctx.conn, warm.job_ids, 120):
-            raise RuntimeError(f"warm-up jobs did not end: {lab.logs(worker)[-1500:]}")
-        time.sleep(0.2)
-        idle = stats.sample_now()
-        idle_metrics = probe.sample_now()
-        host0 = HostCpu.read(None)
-        stats.start()
-        probe.start()
-        rep = enqueue(
-            ctx.conn, queue, ctx.specs[workload], count, batch_size=opts.batch_size, result_ttl=opts.result_ttl,
-            seed=repeat,
-        )  # fmt: skip
-        ids = rep.job_ids
-        cell["enqueue_s"] = rep.elapsed
-        done = wait_done(ctx.conn, ids, opts.cell_timeout)
-        end = stats.sample_now()
-        host1 = HostCpu.read(None)
-        stats.stop()
-        time.sleep(opts.metrics_settle)  # the worker samples its tree every few seconds
-        after = probe.sample_now()
-        probe.stop()
-        if idle is None or end is None:
-            problems.append(f"container stats: {stats.errors[:1] or 'no reading'}")
-        else:
-            load = [r for r in stats.readings if idle.t <= r.t <= end.t]
-            cell["cpu_s"] = (end.cpu_ns - idle.cpu_ns) / 1e9  # the container's, health checks included
-            cell.update(other_load(host0, host1, cell["cpu_s"]))
-            cell.update(
-                container_mem_idle_mib=idle.working_set / MIB,
-                container_mem_peak_mib=max(r.working_set for r in load) / MIB,
-                container_mem_usage_peak_mib=max(r.usage for r in load) / MIB,
-                container_mem_max_usage_mib=end.max_usage / MIB if end.max_usage else None,
-                container_mem_limit_mib=end.limit / MIB,
-                container_throttled_s=(end.throttled_ns - idle.throttled_ns) / 1e9,
-                container_throttled_periods=end.throttled_periods - idle.throttled_periods,
-                container_pids_peak=max((r.pids or 0) for r in load) or None,
-                container_stats_samples=len(load),
-            )
-        readings = [r for r in probe.readings if r.pss is not None]
-        if idle_metrics is not None and idle_metrics.pss is not None:
-            cell["idle_pss_mib"] = idle_metrics.pss / MIB
-            cell["idle_rss_mib"] = (idle_metrics.rss or math.nan) / MIB
-        if readings:
-            cell["peak_pss_mib"] = max(r.pss or 0.0 for r in readings) / MIB
-            cell["peak_rss_mib"] = max(r.rss or 0.0 for r in readings) / MIB
-            cell["memory_samples"] = len(readings)
-        if idle_metrics is not None and after is not None and idle_metrics.cpu is not None and after.cpu is not None:
-            cell["worker_tree_cpu_s"] = after.cpu - idle_metrics.cpu
-        if after is not None and after.available_cpus is not None:
-            cell["available_cpus_after"] = int(after.available_cpus)
-        if probe.errors:
-            problems.append(f"metrics: {probe.errors[0]}")
-        drain = True
-    finally:
-        stats.stop()
-        probe.stop()
-        if drain:
-            cell.update(lab.stop_worker(worker))
-        else:
-            lab.kill_worker(worker)
-    cell["log"] = str(worker.log_path)
-    if cell.get("oom_killed"):
-        problems.append(f"the container was OOM-killed at --memory {mib(lab.opts.memory)}")
-    elif cell.get("worker_exit") not in (0, None):
-        problems.append(f"worker exited {cell['worker_exit']}")
-    cell["problems"] = problems
-    cell = _finish_cell(ctx, cell, ids, done)
-    thr = cell.get("throughput_jobs_s")
-    cell["jobs_per_s_per_cpu"] = thr / cpus if isinstance(thr, float) and math.isfinite(thr) else None
-    return cell

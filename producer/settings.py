@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import argparse
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,21 @@ class ProducerSettings(BaseSettings):
         if not v or any(c.isspace() for c in v):
             raise ValueError("must be a queue name without spaces")
         return v
+
+
+# flag (argparse dest) -> settings field: a flag given on the command line wins over its variable
+FLAGS = {"redis_url": "redis_url", "queue": "queue", "batch_size": "batch_size", "progress": "progress",
+         "worker_metrics": "worker_metrics"}  # fmt: skip
+
+
+def from_args(args: argparse.Namespace) -> ProducerSettings:
+    """The settings of one command: the environment, then the flags that were given."""
+    overrides: dict[str, Any] = {}
+    for flag, name in FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[name] = value
+    return ProducerSettings(**overrides)
 
 
 def describe_error(exc: ValidationError) -> str:

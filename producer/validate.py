@@ -25,11 +25,14 @@ import numpy as np
 
 from producer.enqueue import connect, enqueue, make_progress
 from producer.erlang import MMc, mgc_mean_wait, mgc_wait_quantile
-from producer.experiment import _clean, wait_done
-from producer.local import LocalRedis, LocalWorker, reachable
-from producer.measure import job_times, percentile, summarize
-from producer.plan import Plan, load_results, make_plan
+from producer.measure import job_times, summarize, wait_done
+from producer.plan import Plan, make_plan
 from producer.plan import render as render_plan
+from producer.processes import LocalRedis, LocalWorker, reachable
+from producer.records import strict_json
+from producer.results import load_results
+from producer.settings import from_args
+from producer.stats import percentile
 from producer.workloads import build_spec
 
 WAITED_THRESHOLD_S = 0.005  # a job "waited" when its wait exceeds the dequeue overhead
@@ -62,7 +65,7 @@ def run(
         chosen = next((o for o in plan.options if o.label == strategy or o.strategy == strategy), None)
     if chosen is None or not chosen.replicas:
         raise SystemExit("validate: the plan has no configuration to run")
-    kwargs = (results.get("meta", {}).get("spec_kwargs") or {}).get(workload)
+    kwargs = results.meta.spec_kwargs.get(workload)
     spec = build_spec(workload, kwargs or {})
     local_redis: LocalRedis | None = None
     if not reachable(redis_url):
@@ -108,10 +111,10 @@ def run(
     waits = sorted(t.wait for t in times if t.wait is not None and t.status == "finished")
     runs = [t.run for t in times if t.run is not None and t.status == "finished"]
     busy = sum(runs)
-    span = summary.get("makespan_s") or math.nan
+    span = summary.makespan_s or math.nan
     measured: dict[str, Any] = {
         "jobs": len(times),
-        "finished": summary["finished"],
+        "finished": summary.finished,
         "arrival_rate_achieved": rep.achieved_rate,
         "p95_wait_s": percentile(waits, 95),
         "p50_wait_s": percentile(waits, 50),
@@ -173,7 +176,7 @@ def run(
         "verdict": verdict,
         "enqueue": rep.to_json(),
     }
-    (out / "validation.json").write_text(json.dumps(_clean(data), indent=1) + "\n")
+    (out / "validation.json").write_text(json.dumps(strict_json(data), indent=1) + "\n")
     text = render(data)
     (out / "validation.md").write_text(text)
     print(text)
@@ -219,9 +222,7 @@ def render(d: dict[str, Any]) -> str:
 
 
 def main_args(args: Any) -> int:
-    from producer.cli import settings_for
-
-    settings = settings_for(args)
+    settings = from_args(args)
     out = args.out or Path("results") / f"validate-{time.strftime('%Y%m%d-%H%M%S')}"
     run(
         Path(args.results), args.workload, args.arrival_rate, args.count, Path(out), settings.redis_url,

@@ -53,7 +53,7 @@ def test_every_worker_service_is_wired_like_the_others() -> None:
     for dependent in ("producer", "prometheus"):
         deps = services[dependent]["depends_on"]
         assert all(deps.get(n) == {"condition": "service_healthy"} for n in WORKERS), (dependent, deps)
-    from producer.experiment import parse_worker_metrics
+    from producer.options import parse_worker_metrics
 
     urls = parse_worker_metrics(producer["environment"]["PRODUCER_WORKER_METRICS"])
     assert urls == {s: [f"http://{n}:8000/metrics"] for n, s in WORKERS.items()}, urls

@@ -20,7 +20,7 @@ from conftest import RedisServer
 from test_producer import call, one_line, producer
 
 from producer.errors import BadInput
-from producer.experiment import resolve_capacity
+from producer.sizing import resolve_capacity
 from producer.plan import make_plan
 
 
