@@ -38,6 +38,14 @@ class MalformedJob(PoolqError):
     """The job hash in Redis could not be read (bad fields, undecodable data)."""
 
 
+class JobTooLarge(MalformedJob):
+    """The job hash, or its payload once inflated, is larger than ``WORKER_MAX_JOB_BYTES``."""
+
+
+class WrongTypeKey(MalformedJob):
+    """A key of the job (its hash, its results stream, ...) holds another Redis type."""
+
+
 class UnserializableResult(PoolqError):
     """The job returned a value the configured serializer cannot store."""
 

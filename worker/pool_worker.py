@@ -34,11 +34,9 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import release_slot
-from rq.registry import FailedJobRegistry
-from rq.results import Result
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
-from rq.utils import current_timestamp, now, utcformat
+from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
 from worker import defaults
@@ -48,12 +46,16 @@ from worker.errors import (
     ChildCrashed,
     ColdShutdown,
     FunctionNotAllowed,
+    JobTooLarge,
     MalformedJob,
     RequeueJob,
     UnserializableResult,
+    WrongTypeKey,
 )
 from worker.guarded_job import GuardedJob, guarded_job_class
 from worker.hooks import HookChain
+from worker.jobdata import READ_JOB_LUA, bounded_job_class, cap_rq_inflate, check_fields
+from worker.quarantine import MAX_JOB_ID_BYTES, Throttle, printable, refuse, valid_id
 from worker.recovery import SEEN_KEY, WORKER_TTL_FIELD, Recovery
 from worker.strategies import Strategy
 from worker.webhooks import WebhookHosts
@@ -74,19 +76,39 @@ REDIS_OUTAGE_BUDGET_SECONDS = 600.0
 # Most jobs one dequeue round trip takes: one per free slot (never more: no prefetch), capped.
 DEQUEUE_BATCH = 32
 
-# KEYS: queue list, its intermediate list. ARGV: most jobs to take, job key prefix.
-# Returns [id1, fields1, id2, fields2, ...]: each job moved to the intermediate list exactly as
-# RQ's LMOVE dequeue does, with its hash read in the same round trip (empty: no such hash).
-_DEQUEUE_LUA = """
+# KEYS: queue list, its intermediate list. ARGV: most jobs to take, job key prefix, most bytes
+# of a hash (WORKER_MAX_JOB_BYTES). Returns [id1, fields1, id2, fields2, ...]: each job moved to
+# the intermediate list exactly as RQ's LMOVE dequeue does, with its hash read in the same round
+# trip (empty: no such hash) by ``read`` (worker/jobdata.py): a hash over the cap comes back as
+# its size, a key of another type as 'wrongtype:<type>', so neither stops the script half-way
+# (a WRONGTYPE error used to leave the ids already moved stranded and stop the worker). An id
+# longer than MAX_JOB_ID_BYTES is removed here and comes back truncated, as 'idtoolong:<n>'. A
+# queue or intermediate list of the wrong type fails the first LMOVE, before anything moved.
+_DEQUEUE_LUA = (
+    READ_JOB_LUA
+    + """
+local cap = tonumber(ARGV[3])
 local out = {}
 for _ = 1, tonumber(ARGV[1]) do
   local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
   if not id then break end
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGETALL', ARGV[2] .. id)
+  if #id > """
+    + str(MAX_JOB_ID_BYTES)
+    + """ then
+    redis.call('LREM', KEYS[2], -1, id)
+    out[#out + 1] = string.sub(id, 1, 100)
+    out[#out + 1] = 'idtoolong:' .. #id
+  else
+    out[#out + 1] = id
+    out[#out + 1] = read(ARGV[2] .. id, cap)
+  end
 end
 return out
 """
+)
+
+# KEYS: the job hash. ARGV: most bytes. The hash of a job BLMOVE took, read as above.
+_READ_ONE_LUA = READ_JOB_LUA + "return read(KEYS[1], tonumber(ARGV[1]))\n"
 
 # ARGV: guard, n1, command 1 (n1 words), n2, command 2, ...
 # Applies the commands atomically (like MULTI/EXEC) and returns 1, unless the guard says no:
@@ -96,10 +118,32 @@ return out
 #     else 0, and only that command ran (another worker's recovery took the job meanwhile) —
 #     unless KEYS[1] (this attempt's execution hash) exists: the same writes were applied by an
 #     earlier send whose reply was lost, so 1 and nothing written twice.
+# Before anything is written, every key a command writes by type (HSET: a hash, ZADD: a sorted
+# set, ...) is checked: a key of another type (a job hash someone SET to a string, a results
+# stream that is a list) makes the script return 'WRONGTYPE <key> ...' with nothing written.
+# Without the check the command failed half-way through the script: the writes before it
+# stayed (a job counted as finished, its execution left registered) and the rest never ran.
 _APPLY_LUA = """
 local guard = ARGV[1]
 if guard == 'absent' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local want = {HSET = 'hash', HINCRBY = 'hash', HINCRBYFLOAT = 'hash', HDEL = 'hash', ZADD = 'zset',
+  ZREM = 'zset', SADD = 'set', SREM = 'set', LREM = 'list', LPUSH = 'list', RPUSH = 'list',
+  XADD = 'stream', XTRIM = 'stream'}
+local checked = {}
 local i, n = 2, #ARGV
+while i <= n do
+  local t = want[string.upper(ARGV[i + 1])]
+  local key = ARGV[i + 2]
+  if t and not checked[key] then
+    checked[key] = true
+    local have = redis.call('TYPE', key)['ok']
+    if have ~= 'none' and have ~= t then
+      return 'WRONGTYPE ' .. key .. ' holds a ' .. have .. ', not a ' .. t
+    end
+  end
+  i = i + tonumber(ARGV[i]) + 1
+end
+i = 2
 while i <= n do
   local c = tonumber(ARGV[i])
   local r = redis.call(unpack(ARGV, i + 1, i + c))
@@ -115,6 +159,14 @@ return 1
 
 class Preempted(Exception):
     """The job left the intermediate list before its slot registered it (a recovery took it)."""
+
+
+class Quarantined(Preempted):
+    """The job could not be started (a key of it has the wrong type); it was failed alone."""
+
+
+class IdTooLong(MalformedJob):
+    """A queue entry longer than ``MAX_JOB_ID_BYTES``: the dequeue script already dropped it."""
 
 
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -287,7 +339,11 @@ class PoolWorker(BaseWorker):
         shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT_SECONDS,
         max_redeliveries: int = defaults.MAX_REDELIVERIES,
         recovery_interval: float = defaults.RECOVERY_INTERVAL_SECONDS,
+        max_job_bytes: int = defaults.MAX_JOB_BYTES,
     ) -> None:
+        # Every job hash this process decodes is capped (worker/jobdata.py), RQ's own reads too.
+        self.max_job_bytes = max_job_bytes
+        cap_rq_inflate(max_job_bytes)
         self.allowed_functions = allowed_functions or list(defaults.ALLOWED_FUNCTIONS)
         self.webhook_hosts = WebhookHosts(webhook_hosts or ())
         super().__init__(
@@ -296,7 +352,9 @@ class PoolWorker(BaseWorker):
             connection=connection,
             serializer=serializer,
             # Jobs resolve their function, callbacks and webhooks through the allowlists.
-            job_class=guarded_job_class(allowlist_for(tuple(self.allowed_functions)), self.webhook_hosts),
+            job_class=bounded_job_class(
+                guarded_job_class(allowlist_for(tuple(self.allowed_functions)), self.webhook_hosts), max_job_bytes
+            ),
             default_result_ttl=default_result_ttl,
             worker_ttl=worker_ttl,
             job_monitoring_interval=max(1, int(heartbeat_interval)),
@@ -318,6 +376,8 @@ class PoolWorker(BaseWorker):
             stale_after_seconds=worker_ttl,
             failure_ttl=DEFAULT_FAILURE_TTL,
             serializer=self.serializer,
+            job_class=self.job_class,
+            worker_name=self.name,
         )
         self.recovery_interval = recovery_interval
         self._slots = threading.BoundedSemaphore(strategy.capacity)
@@ -325,6 +385,8 @@ class PoolWorker(BaseWorker):
         self._batch = 1 if type(strategy).admit is not Strategy.admit else min(DEQUEUE_BATCH, strategy.capacity)
         self._dequeue_script = connection.register_script(_DEQUEUE_LUA)
         self._apply_script = connection.register_script(_APPLY_LUA)
+        self._read_one_script = connection.register_script(_READ_ONE_LUA)
+        self._bad_queue_log = Throttle()
         self._tickets: dict[Ticket, None] = {}
         self._local = threading.local()
         self._clients: list[redis.Redis[bytes]] = []
@@ -418,7 +480,9 @@ class PoolWorker(BaseWorker):
         is always somewhere recovery can find it, also with several queues (RQ uses BLPOP then).
         The LMOVEs and the job hashes' HGETALLs are one Lua call (:data:`_DEQUEUE_LUA`), one
         round trip for every free slot; each hash is read into a Job as ``Job.fetch`` does.
-        A hash that cannot be read fails its job (:meth:`reject_malformed`) and the rest go on.
+        A hash that cannot be read fails its job (:meth:`reject_malformed`) and the rest go on:
+        a bad field, a key that holds no hash, a hash or payload over ``WORKER_MAX_JOB_BYTES``,
+        an id RQ refuses. A queue that cannot be read is skipped (:meth:`_pop`).
         """
         try:
             popped = self._pop(burst, n)
@@ -429,13 +493,20 @@ class PoolWorker(BaseWorker):
             return [], True
         jobs: list[tuple[Job, Queue]] = []
         bad = False
-        for queue, job_id, fields in popped:
+        for queue, raw_id, fields in popped:
+            job_id = valid_id(raw_id)
             try:
+                if isinstance(fields, bytes) and fields.startswith(b"idtoolong:"):
+                    raise IdTooLong(f"a queue entry of {fields[10:].decode()} bytes is no job id; it was dropped")
+                if job_id is None:
+                    raise MalformedJob("its id is not an RQ job id (letters, digits, '_' and '-')")
                 job = self._job_from_hash(job_id, fields)
             except Exception as e:
                 bad = True
-                with contextlib.suppress(redis.exceptions.RedisError):
-                    self.reject_malformed(job_id, queue, e)
+                try:
+                    self.reject_malformed(job_id or raw_id, queue, e)
+                except Exception as e2:  # Redis down, or worse: the job stays where recovery finds it
+                    log.error("could not record the failure of job %s: %s", printable(raw_id), e2)
                 continue
             if job is None:  # deleted or expired: drop the id, as RQ does
                 bad = True
@@ -446,8 +517,21 @@ class PoolWorker(BaseWorker):
             self.reorder_queues(reference_queue=queue)
         return jobs, bool(popped) or bad
 
-    def _job_from_hash(self, job_id: str, fields: dict[bytes, bytes]) -> Job | None:
-        """``Job.fetch`` from a hash already read: None when there was no hash."""
+    def _job_from_hash(self, job_id: str, fields: dict[bytes, bytes] | int | bytes) -> Job | None:
+        """``Job.fetch`` from a hash already read: None when there was no hash.
+
+        ``fields`` is what the dequeue script's ``read`` gave: the hash, or its size when it is
+        over the cap (it never left Redis), or ``wrongtype:<type>``. The values are then checked
+        (:func:`worker.jobdata.check_fields`), so the job fails here, before it starts.
+        """
+        if isinstance(fields, int):
+            raise JobTooLarge(
+                f"the job hash is {fields} bytes, more than WORKER_MAX_JOB_BYTES ({self.max_job_bytes}); "
+                "it was not read"
+            )
+        if isinstance(fields, bytes):
+            kind = fields.decode(errors="replace").partition(":")[2]
+            raise WrongTypeKey(f"{self.job_class.key_for(job_id)} holds a {kind}, not a job hash")
         if not fields:
             return None
         job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
@@ -455,6 +539,7 @@ class PoolWorker(BaseWorker):
             job.restore(fields)
         except NoSuchJobError:  # a hash RQ cannot read as a job
             raise MalformedJob("the job hash has no 'data' field") from None
+        check_fields(job)
         return job
 
     def _client(self) -> redis.Redis[bytes]:
@@ -486,27 +571,60 @@ class PoolWorker(BaseWorker):
                 client.close()
                 client.connection_pool.disconnect()
 
-    def _pop(self, burst: bool, n: int) -> list[tuple[Queue, str, dict[bytes, bytes]]]:
-        out: list[tuple[Queue, str, dict[bytes, bytes]]] = []
+    def _pop(self, burst: bool, n: int) -> list[tuple[Queue, bytes, dict[bytes, bytes] | int | bytes]]:
+        """(queue, raw job id, what ``read`` gave) for up to ``n`` jobs; ids stay bytes until checked."""
+        out: list[tuple[Queue, bytes, dict[bytes, bytes] | int | bytes]] = []
         prefix = self.job_class.redis_job_namespace_prefix
         client = self._client()
+        unreadable: set[str] = set()
         for queue in self._ordered_queues:
-            flat: Any = self._dequeue_script(
-                keys=[queue.key, queue.intermediate_queue_key], args=[n - len(out), prefix], client=client
-            )
+            try:
+                flat: Any = self._dequeue_script(
+                    keys=[queue.key, queue.intermediate_queue_key],
+                    args=[n - len(out), prefix, self.max_job_bytes],
+                    client=client,
+                )
+            except redis.exceptions.ResponseError as e:
+                unreadable.add(queue.name)
+                self._skip_queue(queue, e)
+                continue
             for i in range(0, len(flat), 2):
                 raw = flat[i + 1]
-                out.append((queue, flat[i].decode(), dict(zip(raw[::2], raw[1::2], strict=True))))
+                fields = dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else raw
+                out.append((queue, flat[i], fields))
             if len(out) >= n:
                 break
         if out or burst:
             return out
-        # Nothing anywhere: block on the first queue for a moment (others are re-checked next time).
-        first = self._ordered_queues[0]
-        job_id: Any = self.connection.blmove(first.key, first.intermediate_queue_key, defaults.DEQUEUE_BLOCK_SECONDS)
+        # Nothing anywhere: block on the first readable queue for a moment (the others are
+        # re-checked next time); none readable: wait as long, so a broken queue is no busy loop.
+        first = next((q for q in self._ordered_queues if q.name not in unreadable), None)
+        if first is None:
+            time.sleep(defaults.DEQUEUE_BLOCK_SECONDS)
+            return []
+        try:
+            job_id: Any = self.connection.blmove(
+                first.key, first.intermediate_queue_key, defaults.DEQUEUE_BLOCK_SECONDS
+            )
+        except redis.exceptions.ResponseError as e:
+            self._skip_queue(first, e)
+            return []
         if job_id is None:
             return []
-        return [(first, job_id.decode(), self.connection.hgetall(self.job_class.key_for(job_id.decode())))]
+        if len(job_id) > MAX_JOB_ID_BYTES:
+            self.connection.lrem(first.intermediate_queue_key, -1, job_id)
+            return [(first, job_id[:100], b"idtoolong:%d" % len(job_id))]
+        raw = self._read_one_script(keys=[prefix.encode() + job_id], args=[self.max_job_bytes])
+        return [(first, job_id, dict(zip(raw[::2], raw[1::2], strict=True)) if isinstance(raw, list) else raw)]
+
+    def _skip_queue(self, queue: Queue, e: redis.exceptions.ResponseError) -> None:
+        """A queue (or its intermediate list) of the wrong type: skipped, said once a minute."""
+        if self._bad_queue_log.ready(queue.name):
+            log.error(
+                "queue %s cannot be read (%s); skipping it and serving the other queues (said once a minute)",
+                queue.name,
+                e,
+            )
 
     def _start(self, job: Job, queue: Queue) -> None:
         enq = job.enqueued_at.timestamp() if job.enqueued_at else None
@@ -605,7 +723,12 @@ class PoolWorker(BaseWorker):
         # hash and is a no-op, instead of being refused as "taken by a recovery" and leaving the
         # job registered as started but never run.
         argv = self._apply_args(p, guard="first")
-        if not self._redis_retry(lambda: self._send_apply(argv, key=execution.key)):
+        try:
+            applied = self._redis_retry(lambda: self._send_apply(argv, key=execution.key))
+        except WrongTypeKey as e:  # nothing was written: the job is failed alone, as at dequeue
+            self.reject_malformed(job.id, ticket.queue, e)
+            raise Quarantined(f"job {job.id} was not started: {e}") from None
+        if not applied:
             raise Preempted(f"job {job.id} left the intermediate list before it started; not running it")
         self.executions[execution.id] = execution
         ticket.execution = execution
@@ -628,7 +751,11 @@ class PoolWorker(BaseWorker):
         return argv
 
     def _send_apply(self, argv: list[Any], key: str | None = None) -> bool:
-        return bool(self._apply_script(keys=[] if key is None else [key], args=argv, client=self._client()))
+        """Raises :class:`WrongTypeKey` when the script found a key of the wrong type (nothing written)."""
+        reply = self._apply_script(keys=[] if key is None else [key], args=argv, client=self._client())
+        if isinstance(reply, bytes):
+            raise WrongTypeKey(reply.decode(errors="replace"))
+        return bool(reply)
 
     def _finish_success(self, job: Job, queue: Queue, execution: Execution | None, return_value: Any) -> None:
         """RQ's ``_finalize_success`` for a plain job, in one round trip instead of four or five.
@@ -832,6 +959,8 @@ class PoolWorker(BaseWorker):
         for outcome, jobs in (("requeued", stats.requeued), ("abandoned", stats.abandoned)):
             for queue, _, func in jobs:
                 self.hooks.on_event(self, "recovered", outcome=outcome, queue=queue, function=func)
+        for queue, _ in stats.refused:
+            self.hooks.on_event(self, "malformed_job", queue=queue)
 
     def register_birth(self) -> None:
         """Take over from a dead earlier life under the same name before registering.
@@ -862,21 +991,28 @@ class PoolWorker(BaseWorker):
 
     # ------------------------------------------------------------------ bad input
 
-    def reject_malformed(self, job_id: str, queue: Queue, exc: BaseException) -> None:
-        """Fail a job whose hash cannot be read, with the reason, and go on."""
+    def reject_malformed(self, job_id: str | bytes, queue: Queue, exc: BaseException) -> None:
+        """Fail a job whose hash cannot be read, with the reason, and go on.
+
+        Recorded by :func:`worker.quarantine.refuse`: out of the intermediate list, into the
+        FailedJobRegistry with a failed Result, ``status=failed`` unless the key holds no hash,
+        one entry in the ``poolq:quarantine`` stream, one log line.
+        """
         detail = str(exc) or repr(exc)
-        reason = f"{MalformedJob.__name__}: job {job_id} could not be loaded: {type(exc).__name__}: {detail}"
-        log.error("%s", reason)
+        if len(detail) > 500:  # e.g. strptime quotes the whole bad value
+            detail = detail[:497] + "..."
+        reason = f"{MalformedJob.__name__}: job {printable(job_id)} could not be loaded: {type(exc).__name__}: {detail}"
         self.hooks.on_event(self, "malformed_job", queue=queue.name)
-        ttl = DEFAULT_FAILURE_TTL
-        stub = Job(job_id, connection=self.connection, serializer=self.serializer)
-        registry = FailedJobRegistry(queue.name, connection=self.connection, serializer=self.serializer)
-        with self.connection.pipeline() as p:
-            p.zadd(registry.key, {job_id: current_timestamp() + ttl})
-            p.hset(stub.key, mapping={"status": JobStatus.FAILED.value, "exc_info": reason})
-            p.lrem(queue.intermediate_queue_key, 1, job_id)
-            Result.create_failure(stub, ttl, reason, worker_name=self.name, pipeline=p)
-            p.execute()
+        refuse(
+            self.connection,
+            job_id,
+            queue,
+            reason,
+            failure_ttl=DEFAULT_FAILURE_TTL,
+            worker_name=self.name,
+            from_intermediate=not isinstance(exc, IdTooLong),
+            serializer=self.serializer,
+        )
 
     # ------------------------------------------------------------------ stopping
 

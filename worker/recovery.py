@@ -10,6 +10,12 @@ Several workers may scan at once: each recovery is one Lua script that starts by
 execution from the started registry, and only the caller whose removal succeeded goes on, so
 a job is never re-queued twice. Jobs stuck in a queue's intermediate list (dequeued by a
 worker that died before it registered the execution) are re-queued the same way.
+
+Recovery runs at start-up, so nothing it reads may stop it (a job key SET to a string used to
+fail every restart with WRONGTYPE): a job whose key holds no hash is taken out and refused
+(worker/quarantine.py), as is an id RQ cannot read; a registry, queue or intermediate list of
+the wrong type skips that queue (logged once a minute); the worker hashes and execution hashes
+it reads are taken for what they are (unreadable: that worker is dead).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from rq.job import Job
 from rq.results import Result
 from rq.utils import utcformat, utcparse
 
-from worker.errors import AbandonedJob
+from worker.errors import AbandonedJob, MalformedJob, WrongTypeKey
+from worker.quarantine import Throttle, printable, refuse, valid_id
 
 if TYPE_CHECKING:
     from rq.queue import Queue
@@ -36,20 +43,40 @@ REDELIVERIES_FIELD = "poolq_redeliveries"
 WORKER_TTL_FIELD = "poolq_worker_ttl"
 SEEN_KEY = "poolq:intermediate_seen:{}"
 
+# Both recovery scripts first check the queue's own keys (the queue list, the failed registry):
+# of the wrong type, they return an error with nothing written, and the caller skips the queue.
+# Then, for the job's keys: a job key that holds no hash returns 'wrongtype:<type>' (the caller
+# refuses the job); per-job keys that cannot be written (a worker's executions set, the per-job
+# execution registry) are skipped; a redelivery count that is not a number counts as spent.
+_QUEUE_KEYS_OK = """
+local function check(key, want)
+  local have = redis.call('TYPE', key)['ok']
+  if have ~= 'none' and have ~= want then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. have .. ', not a ' .. want)
+  end
+end
+"""
+
 # KEYS: started registry, queue list, job hash, execution hash, worker executions set,
 #       per-job execution registry, failed registry, intermediate list
 # ARGV: member (job_id:execution_id), job id, execution id, max redeliveries, failed score, now
 _RECOVER_EXECUTION = (
-    """
+    _QUEUE_KEYS_OK
+    + """
+local bad = check(KEYS[2], 'list') or check(KEYS[7], 'zset')
+if bad then return bad end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
 redis.call('DEL', KEYS[4])
-redis.call('SREM', KEYS[5], ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[3])
-redis.call('LREM', KEYS[8], 0, ARGV[2])
-if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[3], '"""
+redis.pcall('SREM', KEYS[5], ARGV[1])
+redis.pcall('ZREM', KEYS[6], ARGV[3])
+redis.pcall('LREM', KEYS[8], 0, ARGV[2])
+local t = redis.call('TYPE', KEYS[3])['ok']
+if t == 'none' then return 0 end
+if t ~= 'hash' then return 'wrongtype:' .. t end
+local n = redis.pcall('HINCRBY', KEYS[3], '"""
     + REDELIVERIES_FIELD
     + """', 1)
+if type(n) ~= 'number' then n = tonumber(ARGV[4]) + 1 end
 if n > tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[3], 'status', 'failed', 'ended_at', ARGV[6])
   redis.call('ZADD', KEYS[7], ARGV[5], ARGV[2])
@@ -63,12 +90,18 @@ return n
 
 # KEYS: intermediate list, queue list, job hash, failed registry; ARGV: job id, max, failed score, now
 _RECOVER_INTERMEDIATE = (
-    """
+    _QUEUE_KEYS_OK
+    + """
+local bad = check(KEYS[2], 'list') or check(KEYS[4], 'zset')
+if bad then return bad end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return false end
-if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[3], '"""
+local t = redis.call('TYPE', KEYS[3])['ok']
+if t == 'none' then return 0 end
+if t ~= 'hash' then return 'wrongtype:' .. t end
+local n = redis.pcall('HINCRBY', KEYS[3], '"""
     + REDELIVERIES_FIELD
     + """', 1)
+if type(n) ~= 'number' then n = tonumber(ARGV[2]) + 1 end
 if n > tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[3], 'status', 'failed', 'ended_at', ARGV[4])
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -85,13 +118,18 @@ return n
 # Marks a job id found in the intermediate list and not in the started registry, atomically
 # with respect to the worker that dequeued it (its registration LREMs the id, sets the status
 # to started and deletes the mark in one atomic call): a job already registered is never marked,
-# so no mark outlives the pass through the list it was made in. 1: newly marked; 2: marked
-# earlier; 0: the job has left the list or is being started.
+# so no mark outlives the pass through the list it was made in. Returns the time the job was
+# first seen there (this pass's ARGV[2] when newly marked), or false: the job has left the list
+# or is being started. A job key or mark that is not what it should be is read as no status /
+# no mark (and the mark rewritten), never as an error.
 _MARK_INTERMEDIATE = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
-if redis.call('HGET', KEYS[2], 'status') == 'started' then return 0 end
-if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'EX', ARGV[3]) then return 1 end
-return 2
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return false end
+if redis.pcall('HGET', KEYS[2], 'status') == 'started' then return false end
+local seen = redis.pcall('GET', KEYS[3])
+local t = type(seen) == 'string' and tonumber(seen)
+if t and t == t and t > -math.huge and t < math.huge then return seen end
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+return ARGV[2]
 """
 
 
@@ -101,10 +139,12 @@ class RecoveryStats:
 
     requeued: list[tuple[str, str, str]] = field(default_factory=list)
     abandoned: list[tuple[str, str, str]] = field(default_factory=list)
+    # (queue name, job id as printable) per job refused: its key holds no hash, or its id is not RQ's
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _decode(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def dead_workers(conn: redis.Redis[bytes], names: Iterable[str], now: float | None = None) -> set[str]:
@@ -112,6 +152,7 @@ def dead_workers(conn: redis.Redis[bytes], names: Iterable[str], now: float | No
 
     Workers without the poolq TTL field (stock RQ workers) count as alive while their hash
     exists: their own key expiry is their liveness, and their heartbeats are minutes apart.
+    A worker key that is no hash, or a heartbeat or TTL that cannot be read, is a dead worker.
     """
     names = list(dict.fromkeys(names))
     if not names:
@@ -120,18 +161,21 @@ def dead_workers(conn: redis.Redis[bytes], names: Iterable[str], now: float | No
     with conn.pipeline(transaction=False) as p:
         for n in names:
             p.hmget(f"rq:worker:{n}", ["last_heartbeat", "death", WORKER_TTL_FIELD])
-        rows = p.execute()
+        rows = p.execute(raise_on_error=False)
     dead = set()
-    for name, (beat, death, ttl) in zip(names, rows, strict=True):
+    for name, row in zip(names, rows, strict=True):
+        if isinstance(row, Exception):
+            dead.add(name)
+            continue
+        beat, death, ttl = row
         if beat is None or death is not None:
             dead.add(name)
         elif ttl is not None:
             try:
                 age = now - utcparse(_decode(beat)).timestamp()
-            except ValueError:
-                dead.add(name)
-                continue
-            if age > float(ttl):
+                if age > float(ttl):
+                    dead.add(name)
+            except (ValueError, OverflowError):
                 dead.add(name)
     return dead
 
@@ -147,6 +191,8 @@ class Recovery:
         stale_after_seconds: float,
         failure_ttl: int,
         serializer: Any = None,
+        job_class: type[Job] = Job,
+        worker_name: str | None = None,
     ) -> None:
         self.conn = conn
         self.queues = queues
@@ -154,26 +200,60 @@ class Recovery:
         self.stale_after = stale_after_seconds
         self.failure_ttl = failure_ttl
         self.serializer = serializer
+        self.job_class = job_class
+        self.worker_name = worker_name
         self._recover_execution = conn.register_script(_RECOVER_EXECUTION)
         self._recover_intermediate = conn.register_script(_RECOVER_INTERMEDIATE)
         self._mark_intermediate = conn.register_script(_MARK_INTERMEDIATE)
+        self._skipped_log = Throttle()
 
     def run(self) -> RecoveryStats:
+        """One scan of every queue. A queue whose keys are of the wrong type is skipped (logged);
+        a Redis outage still raises (the caller retries)."""
         stats = RecoveryStats()
         for queue in self.queues:
-            self._executions(queue, stats)
-            self._intermediate(queue, stats)
+            for step in (self._executions, self._intermediate):
+                try:
+                    step(queue, stats)
+                except (redis.exceptions.ResponseError, ValueError, TypeError) as e:
+                    self._skipped(queue, e)
         return stats
+
+    def _skipped(self, queue: Queue, e: Exception) -> None:
+        if self._skipped_log.ready(queue.name):
+            log.error("recovery: queue %s cannot be scanned (%s); skipping it (said once a minute)", queue.name, e)
+
+    def _refuse(self, queue: Queue, raw_id: str | bytes, reason: str, stats: RecoveryStats) -> None:
+        """A job recovery took out of a registry or list but cannot give back: failed alone."""
+        stats.refused.append((queue.name, printable(raw_id)))
+        refuse(
+            self.conn,
+            raw_id,
+            queue,
+            f"{MalformedJob.__name__}: job {printable(raw_id)} could not be recovered: {reason}",
+            failure_ttl=self.failure_ttl,
+            worker_name=self.worker_name,
+            from_intermediate=False,
+            serializer=self.serializer,
+        )
 
     def _executions(self, queue: Queue, stats: RecoveryStats) -> None:
         registry = queue.started_job_registry
-        members = [_decode(m) for m in self.conn.zrange(registry.key, 0, -1)]
-        if not members:
+        raw_members: list[bytes] = self.conn.zrange(registry.key, 0, -1)
+        if not raw_members:
             return
+        members: list[str] = []
+        for raw in raw_members:
+            job_id = valid_id(raw.partition(b":")[0])
+            if job_id is None:  # not RQ's: no execution of it can exist; out of the registry
+                if self.conn.zrem(registry.key, raw):
+                    self._refuse(queue, raw, "its started-registry entry is not an RQ job id", stats)
+                continue
+            members.append(raw.decode())
         with self.conn.pipeline(transaction=False) as p:
             for m in members:
                 p.hget(f"rq:execution:{m}", "worker_name")
-            owners = [None if w is None else _decode(w) for w in p.execute()]
+            owners = [None if w is None or isinstance(w, Exception) else _decode(w) for w in p.execute(False)]
         dead = dead_workers(self.conn, [w for w in owners if w])
         now = time.time()
         for member, owner in zip(members, owners, strict=True):
@@ -192,26 +272,32 @@ class Recovery:
             ]
             args = [member, job_id, execution_id, self.max_redeliveries, now + self.failure_ttl, utcformat_now()]
             result = self._recover_execution(keys=keys, args=args)
-            self._outcome(queue, job_id, owner or "<expired execution>", result, stats)
+            self._outcome(queue, job_id, printable(owner or "<expired execution>"), result, stats)
 
     def _intermediate(self, queue: Queue, stats: RecoveryStats) -> None:
-        ids = [_decode(j) for j in self.conn.lrange(queue.intermediate_queue_key, 0, -1)]
-        if not ids:
+        raw_ids: list[bytes] = self.conn.lrange(queue.intermediate_queue_key, 0, -1)
+        if not raw_ids:
             return
-        started = {_decode(m).partition(":")[0] for m in self.conn.zrange(queue.started_job_registry.key, 0, -1)}
+        started = {m.partition(b":")[0] for m in self.conn.zrange(queue.started_job_registry.key, 0, -1)}
         now = time.time()
-        for job_id in ids:
-            if job_id in started:
+        for raw in raw_ids:
+            if raw in started:
+                continue
+            job_id = valid_id(raw)
+            if job_id is None:  # no worker can have dequeued it as a job: out of the list now
+                if self.conn.lrem(queue.intermediate_queue_key, 1, raw):
+                    self._refuse(queue, raw, "its intermediate-list entry is not an RQ job id", stats)
                 continue
             key = SEEN_KEY.format(job_id)
             mark_ttl = max(60, int(4 * self.stale_after))
-            marked = self._mark_intermediate(
+            seen = self._mark_intermediate(
                 keys=[queue.intermediate_queue_key, Job.key_for(job_id), key], args=[job_id, now, mark_ttl]
             )
-            if marked != 2:
-                continue  # gone, being started, or first sighting: a live worker may be about to register it
-            seen = self.conn.get(key)
-            if seen is None or now - float(seen) < self.stale_after:
+            # Gone, being started, or first sighting: a live worker may be about to register it.
+            try:
+                if seen is None or now - float(seen) < self.stale_after:
+                    continue
+            except ValueError:  # a mark someone wrote in a form Lua reads and Python does not
                 continue
             keys = [queue.intermediate_queue_key, queue.key, Job.key_for(job_id), queue.failed_job_registry.key]
             result = self._recover_intermediate(
@@ -223,6 +309,10 @@ class Recovery:
     def _outcome(self, queue: Queue, job_id: str, owner: str, result: Any, stats: RecoveryStats) -> None:
         if result is None:
             return  # another worker recovered it first
+        if isinstance(result, bytes):  # 'wrongtype:<type>': the job key holds no hash
+            kind = result.decode(errors="replace").partition(":")[2]
+            self._refuse(queue, job_id, f"{WrongTypeKey.__name__}: {Job.key_for(job_id)} holds a {kind}", stats)
+            return
         n = int(result)
         func = self._func_name(job_id)
         if n > 0:
@@ -243,14 +333,17 @@ class Recovery:
             )
             log.error("job %s failed as abandoned: %s", job_id, reason)
             stub = Job(job_id, connection=self.conn, serializer=self.serializer)
-            Result.create_failure(stub, self.failure_ttl, reason)
+            try:
+                Result.create_failure(stub, self.failure_ttl, reason)
+            except redis.exceptions.ResponseError as e:  # its results stream is of the wrong type
+                log.error("job %s: its failed result could not be written: %s", job_id, e)
 
     def _func_name(self, job_id: str) -> str:
         try:
-            name = Job.fetch(job_id, connection=self.conn, serializer=self.serializer).func_name
+            name = self.job_class.fetch(job_id, connection=self.conn, serializer=self.serializer).func_name
         except Exception:  # gone, or unreadable: the metrics label it "other"
             return ""
-        return name or ""
+        return name if isinstance(name, str) else ""
 
 
 def utcformat_now() -> str:
