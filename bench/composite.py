@@ -26,17 +26,12 @@ CPU i mod the machine's CPUs), like pods with a 1-CPU limit: each sizes itself t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -49,50 +44,14 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from bench.procs import RedisServer, log
+from bench.table import med
+from producer.stats import percentile
+
 REPO = Path(__file__).resolve().parent.parent
 QUEUE = "bench"
 CPU_MS = 20.0
 IO_SECONDS = 0.05
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        self.client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self.client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        with contextlib.suppress(redis.RedisError):
-            self.client.shutdown(nosave=True)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def cpu_iterations() -> int:
@@ -145,13 +104,6 @@ def enqueue(client: redis.Redis[bytes], jobs: list[tuple[str, dict[str, Any]]]) 
             ids += [j.id for j in q.enqueue_many(datas, pipeline=pipe)]
             pipe.execute()
     return ids
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return math.nan
-    s = sorted(values)
-    return s[max(1, math.ceil(q / 100 * len(s))) - 1]
 
 
 def run_cell(
@@ -214,8 +166,8 @@ def run_cell(
         "count": count,
         "finished": len(done),
         "jobs_per_s": len(done) / makespan if done and makespan > 0 else math.nan,
-        "p50_s": percentile(lat, 50),
-        "p95_s": percentile(lat, 95),
+        "p50_s": percentile(lat, 50, "nearest-rank"),
+        "p95_s": percentile(lat, 95, "nearest-rank"),
         "cpu_s": cpu_s,
         "cpu_s_per_job": cpu_s / cpu_jobs if cpu_jobs else math.nan,
         "loadavg": load,
@@ -290,7 +242,7 @@ def planner_prediction(one_replica_jobs_s: float, cpu_s_per_job: float, shared_c
     The planner's own code (``Option.rate_with``): k x the one-replica rate, capped at the shared
     CPUs / CPU seconds per job. The table puts it beside what the replicas really did.
     """
-    from producer.plan import Option
+    from producer.capacity import Option
 
     opt = Option(strategy="", slots=1, mu=one_replica_jobs_s, replica_rate=one_replica_jobs_s, cpu_per_replica=1.0,
                  mem_per_replica_mib=math.nan, cs2=None, run_mean_s=None, measured_cpus=1, runs=1, count=0,
@@ -303,11 +255,6 @@ def fmt_rate(vals: list[float]) -> str:
     if not vals:
         return "—"
     return f"{statistics.median(vals):.0f} ({min(vals):.0f}-{max(vals):.0f})"
-
-
-def med(vals: list[float]) -> float:
-    vals = [v for v in vals if not math.isnan(v)]
-    return statistics.median(vals) if vals else math.nan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir.mkdir(exist_ok=True)
     iterations = cpu_iterations()
     log(f"cpu jobs: {iterations} iterations (~{CPU_MS:g} ms of one core here)")
-    tmp = Path(tempfile.mkdtemp(prefix="poolq-bench-"))
-    server = RedisServer(tmp)
+    server = RedisServer()
     cells: list[dict[str, Any]] = []
     report: list[str] = []
     try:
@@ -390,7 +336,6 @@ def main(argv: list[str] | None = None) -> int:
                 report.append("| " + " | ".join(row) + " |")
     finally:
         server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
         (args.out / "cells.json").write_text(json.dumps(cells, indent=1, default=str))
     text = "\n".join(report)
     (args.out / "report.md").write_text(text + "\n")

@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -41,40 +38,20 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 
+from producer.processes import LocalRedis, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 QUEUE = "bench-metrics"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="poolq-bench-redis-") as d:
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            conn = redis.Redis.from_url(url)
-            for _ in range(200):
-                with contextlib.suppress(redis.exceptions.ConnectionError):
-                    if conn.ping():
-                        break
-                time.sleep(0.05)
-            conn.close()
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    """The producer's private redis-server (free loopback port, no persistence), stopped after."""
+    server = LocalRedis()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def worker_cmd(url: str, strategy: str, metrics_port: int, *extra: str) -> list[str]:

@@ -27,11 +27,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.run import QUEUE, WORKLOADS, RedisServer, enqueue_jobs
+from bench.catalog import QUEUE, WORKLOADS
+from bench.cell import enqueue_jobs
+from bench.procs import RedisServer
 
 GROUPS = {
     "redis-py (send, parse, connection pool, retry)": ("redis/",),
@@ -116,23 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     wl = WORKLOADS[args.workload]
     if args.workload == "cpu":
         raise SystemExit("cpu needs calibrated iterations: profile noop, io or mixed")
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(args.redis_server, Path(tmp))
-        try:
-            enqueue_jobs(server.client, wl, args.count)
-            raw = out / "profile.txt"
-            cmd = [py_spy(), "record", "--format", "raw", "--rate", str(args.rate), "-o", str(raw), "--threads"]
-            if args.gil:
-                cmd.append("--gil")
-            cmd += ["--", sys.executable, "-m", "worker", "--strategy", args.strategy, "--concurrency"]
-            cmd += [args.concurrency, "--queues", QUEUE, "--burst", "--redis-url", server.url, "--metrics-port", "0"]
-            t0 = time.monotonic()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wall = time.monotonic() - t0
-            left = server.client.llen(f"rq:queue:{QUEUE}")
-            cmds = sum(int(v["calls"]) for v in server.client.info("commandstats").values())
-        finally:
-            server.stop()
+    server = RedisServer(args.redis_server)
+    try:
+        enqueue_jobs(server.client, wl, args.count)
+        raw = out / "profile.txt"
+        cmd = [py_spy(), "record", "--format", "raw", "--rate", str(args.rate), "-o", str(raw), "--threads"]
+        if args.gil:
+            cmd.append("--gil")
+        cmd += ["--", sys.executable, "-m", "worker", "--strategy", args.strategy, "--concurrency"]
+        cmd += [args.concurrency, "--queues", QUEUE, "--burst", "--redis-url", server.url, "--metrics-port", "0"]
+        t0 = time.monotonic()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.monotonic() - t0
+        left = server.client.llen(f"rq:queue:{QUEUE}")
+        cmds = sum(int(v["calls"]) for v in server.client.info("commandstats").values())
+    finally:
+        server.stop()
     summary = (
         f"# py-spy: {args.strategy} ({args.concurrency}), {args.count} x {args.workload}, "
         f"{wall:.1f} s wall incl. start-up, {left} left in the queue, "

@@ -33,28 +33,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from bench.run import (
-    QUEUE,
-    REPO,
-    WORKLOADS,
-    RedisServer,
-    cleanup_all,
-    commandstats,
-    enqueue_jobs,
-    kill_group,
-    log,
-    read_jobs,
-    resolve_concurrency,
-    spawn,
-    tree_memory,
-)
+from bench.catalog import QUEUE, REPO, WORKLOADS, resolve_concurrency
+from bench.cell import commandstats, enqueue_jobs, read_jobs
+from bench.procs import RedisServer, cleanup_all, log, spawn, tree_memory
+from producer.processes import kill_group
 
 
 def worker_cmd(url: str, strategy: str, concurrency: str) -> list[str]:
@@ -229,31 +217,30 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     t_start = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(args.redis_server, Path(tmp))
-        try:
-            for rep in range(1, args.repeats + 1):
-                if args.part in ("counts", "all"):
-                    for n in counts:
-                        r = run_once(server, "noop", n, 1, args.strategy, args.concurrency, args.timeout)
-                        r.update(part="counts", repeat=rep)
-                        rows.append(r)
-                        log(
-                            f"[r{rep}] counts {n:>7,}: {r['jobs_per_s']:,.0f} jobs/s, p95 {r['latency_p95_s']:.2f} s, "
-                            f"PSS {r['peak_pss_mib']:.1f} MiB, load {r['loadavg']:.2f}"
-                        )
-                if args.part in ("replicas", "all"):
-                    for k in replicas:
-                        r = run_once(server, "io", args.jobs, k, args.strategy, args.concurrency, args.timeout)
-                        r.update(part="replicas", repeat=rep)
-                        rows.append(r)
-                        log(
-                            f"[r{rep}] replicas {k}: {r['jobs_per_s']:,.0f} jobs/s, p95 {r['latency_p95_s']:.2f} s, "
-                            f"PSS {r['peak_pss_mib']:.1f} MiB, load {r['loadavg']:.2f}"
-                        )
-        finally:
-            server.stop()
-            cleanup_all()
+    server = RedisServer(args.redis_server)
+    try:
+        for rep in range(1, args.repeats + 1):
+            if args.part in ("counts", "all"):
+                for n in counts:
+                    r = run_once(server, "noop", n, 1, args.strategy, args.concurrency, args.timeout)
+                    r.update(part="counts", repeat=rep)
+                    rows.append(r)
+                    log(
+                        f"[r{rep}] counts {n:>7,}: {r['jobs_per_s']:,.0f} jobs/s, p95 {r['latency_p95_s']:.2f} s, "
+                        f"PSS {r['peak_pss_mib']:.1f} MiB, load {r['loadavg']:.2f}"
+                    )
+            if args.part in ("replicas", "all"):
+                for k in replicas:
+                    r = run_once(server, "io", args.jobs, k, args.strategy, args.concurrency, args.timeout)
+                    r.update(part="replicas", repeat=rep)
+                    rows.append(r)
+                    log(
+                        f"[r{rep}] replicas {k}: {r['jobs_per_s']:,.0f} jobs/s, p95 {r['latency_p95_s']:.2f} s, "
+                        f"PSS {r['peak_pss_mib']:.1f} MiB, load {r['loadavg']:.2f}"
+                    )
+    finally:
+        server.stop()
+        cleanup_all()
     parts = [
         f"# poolq scaling — {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
         "",

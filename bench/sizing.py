@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -28,6 +26,7 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from bench.procs import RedisServer
 from worker.cpus import detect_cpus
 
 WORKLOADS: dict[str, tuple[str, dict[str, Any], int]] = {
@@ -35,12 +34,6 @@ WORKLOADS: dict[str, tuple[str, dict[str, Any], int]] = {
     "cpu 10ms": ("worker.jobs.cpu", {"ms": 10.0}, 200),
     "mixed 5ms+20ms": ("worker.jobs.mixed", {"cpu_ms": 5.0, "io_seconds": 0.02}, 400),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_cell(
@@ -94,49 +87,24 @@ def main() -> None:
     args = ap.parse_args()
     factors = [int(f) for f in args.factors.split(",")]
     cpus = detect_cpus().available
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            url = f"redis://127.0.0.1:{port}/0"
-            conn = redis.Redis.from_url(url)
-            for _ in range(50):
-                try:
-                    conn.ping()
-                    break
-                except redis.exceptions.ConnectionError:
-                    time.sleep(0.1)
-            print(f"available CPUs: {cpus}; load average at start: {os.getloadavg()[0]:.2f}\n")
-            print("| workload | " + " | ".join(f"{f}/CPU ({f * cpus} threads)" for f in factors) + " |")
-            print("|---|" + "---|" * len(factors))
-            for label, (func, kwargs, n) in WORKLOADS.items():
-                cells = []
-                for f in factors:
-                    runs = [run_cell(conn, url, func, kwargs, n, f) for _ in range(args.repeats)]
-                    rates = [r[0] for r in runs]
-                    rss = max(r[1] for r in runs)
-                    cells.append(
-                        f"{statistics.median(rates):.0f} jobs/s ({min(rates):.0f}-{max(rates):.0f}), {rss:.0f} MiB"
-                    )
-                print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
-        finally:
-            server.terminate()
-            server.wait(10)
+    server = RedisServer()
+    try:
+        url, conn = server.url, server.client
+        print(f"available CPUs: {cpus}; load average at start: {os.getloadavg()[0]:.2f}\n")
+        print("| workload | " + " | ".join(f"{f}/CPU ({f * cpus} threads)" for f in factors) + " |")
+        print("|---|" + "---|" * len(factors))
+        for label, (func, kwargs, n) in WORKLOADS.items():
+            cells = []
+            for f in factors:
+                runs = [run_cell(conn, url, func, kwargs, n, f) for _ in range(args.repeats)]
+                rates = [r[0] for r in runs]
+                rss = max(r[1] for r in runs)
+                cells.append(
+                    f"{statistics.median(rates):.0f} jobs/s ({min(rates):.0f}-{max(rates):.0f}), {rss:.0f} MiB"
+                )
+            print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
