@@ -62,7 +62,7 @@ def _ts(value: Any) -> float | None:
     return None if value is None else float(value.timestamp())
 
 
-def _status(job: Job) -> str:
+def status_of(job: Job) -> str:
     status = job.get_status(refresh=False)
     return str(getattr(status, "value", status))
 
@@ -81,7 +81,7 @@ def job_times(conn: redis.Redis[bytes], ids: Sequence[str]) -> list[JobTimes]:
         if job is None:
             out.append(JobTimes(job_id, "missing", None, None, None))
             continue
-        out.append(JobTimes(job_id, _status(job), _ts(job.enqueued_at), _ts(job.started_at), _ts(job.ended_at)))
+        out.append(JobTimes(job_id, status_of(job), _ts(job.enqueued_at), _ts(job.started_at), _ts(job.ended_at)))
     return out
 
 
@@ -113,7 +113,7 @@ def failure_reasons(conn: redis.Redis[bytes], ids: Iterable[str], limit: int = 3
             job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
             res = job.latest_result()
             lines = (getattr(res, "exc_string", None) or "").strip().splitlines() if res else []
-            reasons.append(f"{job_id}: {lines[-1] if lines else _status(job)}"[:300])
+            reasons.append(f"{job_id}: {lines[-1] if lines else status_of(job)}"[:300])
     return reasons
 
 
