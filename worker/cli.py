@@ -17,6 +17,7 @@ from redis.retry import Retry
 
 from worker import __version__, defaults
 from worker.cpus import CpuInfo, detect_cpus
+from worker.outage import StopAwareRetry, StopGate
 from worker.redact import redact_logging, redact_tracebacks, redact_url, scrub, secrets_of
 from worker.settings import WorkerSettings, describe_error
 
@@ -211,13 +212,23 @@ def load_settings(argv: list[str] | None) -> tuple[WorkerSettings, argparse.Name
     return settings, args
 
 
+# A connection attempt to a host that does not answer at all (dropped packets) fails after this
+# long instead of the kernel's ~2 minutes, so a retry loop and a stopping worker notice it.
+REDIS_CONNECT_TIMEOUT_SECONDS = 5.0
+
+
 def connect(url: str, retries: int = 20) -> redis.Redis[bytes]:
-    """A client that rides out short Redis outages: commands retry with capped backoff."""
+    """A client that rides out short Redis outages: commands retry with capped backoff.
+
+    The retries end early once the worker using the client is stopping (worker/outage.py:
+    the ``PoolWorker`` binds the client's gate), so SIGTERM is not held up by a Redis outage.
+    """
     return redis.Redis.from_url(
         url,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
+        retry=StopAwareRetry(ExponentialBackoff(cap=2.0, base=0.05), retries, StopGate()),
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         health_check_interval=30,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
     )
 
 

@@ -54,7 +54,8 @@ from worker.errors import (
 )
 from worker.guarded_job import GuardedJob, guarded_job_class
 from worker.hooks import HookChain
-from worker.jobdata import READ_JOB_LUA, bounded_job_class, cap_rq_inflate, check_fields
+from worker.jobdata import READ_JOB_LUA, bounded_job_class, check_fields, harden_rq_reads
+from worker.outage import LeftToRecovery, StopAwareRetry, StopGate
 from worker.quarantine import MAX_JOB_ID_BYTES, Throttle, printable, refuse, valid_id
 from worker.recovery import SEEN_KEY, WORKER_TTL_FIELD, Recovery
 from worker.strategies import Strategy
@@ -343,7 +344,7 @@ class PoolWorker(BaseWorker):
     ) -> None:
         # Every job hash this process decodes is capped (worker/jobdata.py), RQ's own reads too.
         self.max_job_bytes = max_job_bytes
-        cap_rq_inflate(max_job_bytes)
+        harden_rq_reads(max_job_bytes)
         self.allowed_functions = allowed_functions or list(defaults.ALLOWED_FUNCTIONS)
         self.webhook_hosts = WebhookHosts(webhook_hosts or ())
         super().__init__(
@@ -395,6 +396,14 @@ class PoolWorker(BaseWorker):
         self._stop_requested = False
         self._cold = False
         self._stop_deadline = float("inf")
+        self._stopping = False  # _finish has begun (also after a burst or an error: no signal)
+        # Jobs whose outcome or re-queue Redis could not take while stopping: left to recovery.
+        self._left_to_recovery = 0
+        self._redis_down_at_stop = False
+        # The client's retries (worker/cli.py connect) and this worker's own ask the same gate.
+        retry = connection.connection_pool.connection_kwargs.get("retry")
+        self._gate = retry.gate if isinstance(retry, StopAwareRetry) else StopGate()
+        self._gate.bind(self._stop_retrying, lambda: self._stop_deadline)
         self._monitor_stop = threading.Event()
         self._monitor_thread: threading.Thread | None = None
         self._maintenance_interval_s = maintenance_interval
@@ -487,9 +496,10 @@ class PoolWorker(BaseWorker):
         try:
             popped = self._pop(burst, n)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-            log.error("Redis unavailable while dequeuing (%s); retrying", e)
+            if not self._stop_requested:  # stopping: said once, by _finish
+                log.error("Redis unavailable while dequeuing (%s); retrying", e)
             self.hooks.on_event(self, "redis_error")
-            time.sleep(1.0)
+            self._gate.nap(1.0)  # returns at once when the worker is stopping
             return [], True
         jobs: list[tuple[Job, Queue]] = []
         bad = False
@@ -819,26 +829,59 @@ class PoolWorker(BaseWorker):
             raise UnserializableResult(f"the job returned a {kind}, which {name} cannot store: {e}") from e
 
     def _redis_retry(self, fn: Callable[[], Any]) -> Any:
-        """Run a lifecycle step, riding out a Redis outage rather than losing the job's outcome."""
+        """Run a lifecycle step, riding out a Redis outage rather than losing the job's outcome.
+
+        Up to :data:`REDIS_OUTAGE_BUDGET_SECONDS` while the worker runs; once it is stopping,
+        only as long as :meth:`_stop_retrying` allows, then :class:`LeftToRecovery`: the job
+        stays where recovery finds it.
+        """
         deadline = time.monotonic() + REDIS_OUTAGE_BUDGET_SECONDS
         delay = 0.2
         while True:
             try:
                 return fn()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                if isinstance(e, LeftToRecovery) or self._stop_retrying():
+                    raise LeftToRecovery(f"Redis unavailable while stopping: {e}") from e
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("Redis unavailable (%s); retrying in %.1f s", e, delay)
                 self.hooks.on_event(self, "redis_error")
-                time.sleep(delay)
+                self._gate.nap(delay)
                 delay = min(delay * 2, defaults.REDIS_BACKOFF_MAX_SECONDS)
+
+    def _stop_retrying(self) -> bool:
+        """Whether a failing Redis command should give up now instead of retrying (worker/outage.py).
+
+        Never while the worker runs. Once it is stopping: at once when no job runs any more (no
+        outcome left to record), after a second signal, and in the main thread (the dequeue loop
+        and the drain: nothing there is worth the wait); other threads (running jobs' outcomes,
+        heartbeats, the metrics sampler) until the stop deadline, for Redis to come back.
+        """
+        if not (self._stop_requested or self._stopping):
+            return False
+        if self._cold or not self._tickets or time.monotonic() >= self._stop_deadline:
+            return True
+        return threading.current_thread() is threading.main_thread() and not self.strategy.runs_in_main_thread()
+
+    def _note_left_to_recovery(self) -> None:
+        with self._changed:
+            self._left_to_recovery += 1
+            self._redis_down_at_stop = True
+        self.hooks.on_event(self, "left_to_recovery")
 
     def _fail(self, ticket: Ticket, exc_info: ExcInfo, run_seconds: float) -> None:
         job = ticket.job
+        if isinstance(exc_info[1], LeftToRecovery):  # not the job's failure: its outcome could not be written
+            self._note_left_to_recovery()
+            return
         retries_before = job.retries_left
         try:
             # execution is None when the job failed before it was registered; RQ handles that.
             self._redis_retry(lambda: self._finalize_failure(job, ticket.queue, ticket.execution, exc_info))  # type: ignore[arg-type]
+        except LeftToRecovery:
+            self._note_left_to_recovery()
+            return
         except Exception:
             log.exception("could not record the failure of job %s", job.id)
         retried = retries_before is not None and job.retries_left is not None and job.retries_left < retries_before
@@ -870,6 +913,10 @@ class PoolWorker(BaseWorker):
         while not self._monitor_stop.wait(0.25):
             t = time.monotonic()
             try:
+                if self._stop_requested and not self._cold and t >= self._stop_deadline:
+                    # The warm drain ran out of time: what still runs is stopped and re-queued.
+                    # First, so that Redis calls failing below cannot delay it.
+                    os.kill(os.getpid(), signal.SIGTERM)
                 self._enforce_timeouts(t)
                 if t >= next_beat:
                     next_beat = t + self.heartbeat_interval
@@ -880,9 +927,6 @@ class PoolWorker(BaseWorker):
                 if t >= next_recovery:
                     next_recovery = t + self.recovery_interval
                     self.recover()
-                if self._stop_requested and not self._cold and t >= self._stop_deadline:
-                    # The warm drain ran out of time: what still runs is stopped and re-queued.
-                    os.kill(os.getpid(), signal.SIGTERM)
                 if t >= next_maint:
                     next_maint = t + self._maintenance_interval_s
                     self.clean_registries()
@@ -1042,7 +1086,13 @@ class PoolWorker(BaseWorker):
         self._on_signal(signum or signal.SIGTERM, frame)
 
     def _finish(self) -> None:
-        """Drain (warm) or stop (cold), re-queue what did not finish, register death."""
+        """Drain (warm) or stop (cold), re-queue what did not finish, register death.
+
+        With Redis unreachable this ends within the shutdown timeout and a few seconds: nothing
+        waits for Redis past the stop deadline (:meth:`_stop_retrying`), and what could not be
+        written is left to recovery, said in one log line.
+        """
+        self._stopping = True
         if not self._stop_requested:  # burst end, or an error: nothing to wait for beyond in-flight jobs
             self._stop_deadline = time.monotonic() + self.shutdown_timeout
         with self._changed:
@@ -1060,21 +1110,42 @@ class PoolWorker(BaseWorker):
             self._monitor_thread.join(2.0)
         self.hooks.on_worker_stop(self)
         self._close_clients()
-        try:
-            self.teardown()
-        except redis.exceptions.RedisError as e:
-            log.error("could not register worker death: %s", e)
+        registered = False
+        if not self._redis_down_at_stop:
+            try:
+                self.teardown()
+                registered = True
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                self._redis_down_at_stop = True
+            except redis.exceptions.RedisError as e:
+                log.error("could not register worker death: %s", e)
+        if self._redis_down_at_stop:
+            log.warning(
+                "Redis unreachable while stopping: %d job(s) left to recovery (they stay in the started registry "
+                "or the intermediate list; a live worker re-queues them once this worker's heartbeat is %d s old)%s",
+                self._left_to_recovery,
+                self.worker_ttl,
+                "" if registered else "; worker death not registered",
+            )
 
     def requeue(self, ticket: Ticket) -> bool:
         """Put a running job back at the front of its queue (shutdown, cold stop)."""
         if not ticket.claim():
             return False
         job, queue = ticket.job, ticket.queue
+        if self._redis_down_at_stop:  # one failed attempt is enough to know: no waiting for each job
+            self._note_left_to_recovery()
+            return False
         try:
             with self.connection.pipeline() as p:
                 self.cleanup_execution(job, pipeline=p, execution=ticket.execution)
                 queue._enqueue_job(job, pipeline=p, at_front=True)
                 p.execute()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            if not (self._stop_requested or self._stopping):
+                log.error("could not re-queue job %s (%s); recovery will bring it back", job.id, e)
+            self._note_left_to_recovery()
+            return False
         except redis.exceptions.RedisError:
             log.exception("could not re-queue job %s; recovery will bring it back", job.id)
             return False
