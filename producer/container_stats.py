@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,14 @@ def parse_stats(s: dict[str, Any]) -> StatsReading | None:
     )
 
 
+class Stream(Protocol):
+    """The engine's stats stream (docker-py's generator): read lazily, closed when done."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
 class StatsSampler:
     """The container's stats stream (one reading a second from the engine) on a thread."""
 
@@ -74,7 +82,7 @@ class StatsSampler:
         return r
 
     def _loop(self) -> None:
-        stream: Iterator[dict[str, Any]] | None = None
+        stream: Stream | None = None
         try:
             stream = self.container.stats(stream=True, decode=True)
             for s in stream:
@@ -89,7 +97,7 @@ class StatsSampler:
         finally:
             if stream is not None:
                 with contextlib.suppress(Exception):
-                    stream.close()  # type: ignore[attr-defined]
+                    stream.close()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="poolq-docker-stats", daemon=True)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 from typing import Any
 
 KINDS = ("thread", "forkserver", "spawn", "fork")
@@ -28,6 +29,17 @@ def _ready_thread(q: Any, i: int) -> None:
 
 def _ready_process(q: Any, i: int) -> None:
     q.put(i)
+
+
+def _context(kind: str) -> SpawnContext | ForkContext | ForkServerContext:
+    """The start method's context; forkserver preloads ``worker.jobs`` as the worker's pool does."""
+    if kind == "forkserver":
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["worker.jobs"])
+        return ctx
+    if kind == "fork":
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def measure(kind: str, n: int) -> dict[str, float]:
@@ -45,12 +57,10 @@ def measure(kind: str, n: int) -> dict[str, float]:
         for t in threads:
             t.join()
         return {"ready_s": ready, "joined_s": time.perf_counter() - t0}
-    ctx = multiprocessing.get_context(kind)
-    if kind == "forkserver":
-        ctx.set_forkserver_preload(["worker.jobs"])
+    ctx = _context(kind)
     pq = ctx.SimpleQueue()
     t0 = time.perf_counter()
-    procs = [ctx.Process(target=_ready_process, args=(pq, i)) for i in range(n)]  # type: ignore[attr-defined]
+    procs = [ctx.Process(target=_ready_process, args=(pq, i)) for i in range(n)]
     for p in procs:
         p.start()
     for _ in range(n):
