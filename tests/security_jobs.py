@@ -36,7 +36,7 @@ def record_success(job: Job, connection: Redis, result: Any) -> None:
 
 
 def record_failure(job: Job, connection: Redis, exc_type: type, exc_value: BaseException, tb: Any) -> None:
-    connection.set(f"cb:{job.id}:failure", exc_type.__name__)
+    connection.set(f"cb:{job.id}:failure", f"{exc_type.__name__}: {exc_value}")
 
 
 def raise_in_success(job: Job, connection: Redis, result: Any) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import rq.utils
-from hypothesis import given, settings
 from helpers import REPO_ROOT
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker import allowlist as allowlist_mod
@@ -58,7 +58,7 @@ APP = Allowlist(("worker.jobs.*", "tests.security_jobs.*", "tests.security_jobs.
         "worker.jobs..cpu",
         "worker.jobs.cpu ",
         "worker.jobs.cpu\n",
-        "worker.jobs.ｃpu",  # a non-ASCII look-alike
+        "worker.jobs.\uff43pu",  # a non-ASCII look-alike (fullwidth c)
         "",
         "x" * 600 + ".y",
     ],
@@ -219,9 +219,8 @@ def imports_recorded() -> Iterator[list[str]]:
 @given(NAMES, PATTERNS)
 def test_resolver_only_tries_modules_that_could_hold_an_admitted_name(name: str, patterns: list[str]) -> None:
     allow = Allowlist(patterns)
-    with imports_recorded() as seen:
-        with contextlib.suppress(FunctionNotAllowed, ModuleNotFoundError):
-            allow.resolve(name)
+    with imports_recorded() as seen, contextlib.suppress(FunctionNotAllowed, ModuleNotFoundError):
+        allow.resolve(name)
     if not reference_admits(name, patterns):
         assert seen == []
     for module in seen:

@@ -68,7 +68,7 @@ class GuardedJob(Job):
             raise self.refuse(str(e)) from None
         if self.instance is not None:
             raise self.refuse(
-                f"job {self.id} names a method of an instance ({type(self.instance).__name__}); "
+                f"job {self.id} is not allowed: it names a method of an instance ({type(self.instance).__name__}); "
                 "poolq runs module-level functions and classes only; nothing was run"
             )
         # Callbacks run in this process whatever the strategy, so they are resolved here now:
@@ -97,7 +97,7 @@ class GuardedJob(Job):
         if self.func_name is None:
             return None
         if self.instance is not None:
-            raise self.refuse(f"job {self.id} names a method of an instance; nothing was run")
+            raise self.refuse(f"job {self.id} is not allowed: it names a method of an instance; nothing was run")
         func = self.allowlist.resolve(self.func_name)
         mark_resolved(self)
         return func
