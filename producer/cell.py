@@ -68,7 +68,7 @@ def run_cell(ctx: Context, backend: Backend, size: Size, workload: str, repeat: 
     return finish(ctx, cell, ids, done)
 
 
-def _add_job_stats(cell: Cell, s: JobStats) -> None:
+def add_job_stats(cell: Cell, s: JobStats) -> None:
     cell.jobs = s.jobs
     cell.finished = s.finished
     cell.failed = s.failed
@@ -109,7 +109,7 @@ def _add_result_facts(cell: Cell, values: list[dict[str, Any]]) -> None:
 def finish(ctx: Context, cell: Cell, ids: list[str], done: bool) -> Cell:
     """Everything that is computed the same way for every backend, from RQ's records."""
     times = job_times(ctx.conn, ids)
-    _add_job_stats(cell, summarize(times))
+    add_job_stats(cell, summarize(times))
     for t in times:
         ctx.jobs_rows.append(
             [cell.key, cell.strategy, cell.concurrency, cell.workload, cell.repeat,
