@@ -71,6 +71,14 @@ def test_star_stays_within_one_segment_and_bad_names_are_refused(name: str) -> N
         check_allowed(name, ["worker.jobs.*"])
 
 
+@pytest.mark.parametrize("name", [None, 3, ["worker.jobs.cpu"], {"a": 1}, b"worker.jobs.cpu"])
+def test_a_function_name_that_is_not_a_string_is_refused(name: object) -> None:
+    """From a JSON payload the function name can be any JSON value."""
+    assert not DEFAULT.admits(name)
+    with pytest.raises(FunctionNotAllowed):
+        DEFAULT.resolve(name)
+
+
 def test_the_builtin_workloads_are_admitted_by_the_default_pattern() -> None:
     for name in ("worker.jobs.cpu", "worker.jobs.io", "worker.jobs.noop", "worker.jobs.mixed", "worker.jobs.alloc"):
         assert DEFAULT.admits(name)

@@ -148,6 +148,8 @@ def _callback_cases(redis: Redis, queue: str, tmp_path: Path) -> dict[str, str]:
         "success callback overruns its timeout": q.enqueue(
             touch, str(tmp_path / f"{queue}-3"), on_success=Callback(f"{MODULE}.slow_success", 1), on_failure=fail
         ).id,
+        # thread strategy: failed by the monitor thread; process strategies: the child is killed
+        "job times out": q.enqueue("worker.jobs.io", seconds=4, job_timeout=1, on_success=ok, on_failure=fail).id,
     }
 
 
@@ -204,7 +206,8 @@ def test_allowed_callbacks_run_as_rqs_simpleworker_runs_them(
     """Success and failure callbacks (allowed) run under every strategy, off the main thread
     too, with RQ's outcome for each case: the job's status, the error recorded (a raising or
     overdue success callback fails the job and the failure callback runs), what each callback
-    saw. Before, every job with a callback failed with "signal only works in main thread"."""
+    saw; a job that times out runs its failure callback. Before, every job with a callback failed
+    with "signal only works in main thread" except under inline (the main thread)."""
     assert rq_reference["success"] == ("finished", "", {"success": "'" + str(tmp_path / "rq-reference-1") + "'"})
     ids = _callback_cases(redis, "default", tmp_path)
 

@@ -37,8 +37,9 @@ from worker.errors import FunctionNotAllowed
 
 # Longest dotted name looked at; anything longer is refused (the name is hostile input).
 MAX_NAME_CHARS = 512
-# Resolved functions kept per process. Only names that resolved are cached, so the cache holds
-# real functions of allowed modules, not names a producer made up; the cap is a safety net.
+# Resolved functions kept per process: only names that resolved are cached, so the cache holds
+# real functions of allowed modules, not names a producer made up; the cap is a safety net. The
+# names a pattern admitted (which a producer can make up) are cached up to the same cap.
 MAX_RESOLVED_CACHE = 4096
 # Set on a Job object (in memory, never saved) once its function resolved under the allowlist:
 # the metrics label a job by function name only then (worker/metrics.py).
@@ -76,6 +77,7 @@ class Allowlist:
         self.patterns = tuple(p.strip() for p in patterns if p.strip())
         self._split = tuple(split_pattern(p) for p in self.patterns)
         self._resolved: dict[str, Any] = {}
+        self._admitted: dict[str, None] = {}  # names a pattern admits (bounded: later ones are re-checked)
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -83,8 +85,15 @@ class Allowlist:
 
     def admits(self, name: object) -> bool:
         """Does a pattern admit ``name``, segment by segment? Imports nothing."""
+        if not isinstance(name, str):  # from JSON a job's function name can be any value
+            return False
+        if name in self._resolved or name in self._admitted:  # the common case: a dict look-up
+            return True
         parts = split_name(name)
-        return parts is not None and self._matches(parts)
+        ok = parts is not None and self._matches(parts)
+        if ok and len(self._admitted) < MAX_RESOLVED_CACHE:
+            self._admitted[str(name)] = None
+        return ok
 
     def _matches(self, parts: Sequence[str]) -> bool:
         n = len(parts)
@@ -103,6 +112,8 @@ class Allowlist:
 
     def check(self, name: object, what: str = "function") -> str:
         """Return ``name`` when a pattern admits it; raise :class:`FunctionNotAllowed` otherwise."""
+        if isinstance(name, str) and (name in self._resolved or name in self._admitted):
+            return name
         if not name:
             raise FunctionNotAllowed(f"job names no {what}")
         if split_name(name) is None:
@@ -118,10 +129,10 @@ class Allowlist:
         """The function or class ``name`` names, defined where the name says; raises
         :class:`FunctionNotAllowed` when a pattern does not admit it or it is defined elsewhere,
         and the usual ``ImportError`` / ``AttributeError`` when it does not exist."""
-        checked = self.check(name, what)
-        found = self._resolved.get(checked)
+        found = self._resolved.get(name) if isinstance(name, str) else None
         if found is not None:
             return found  # type: ignore[no-any-return]
+        checked = self.check(name, what)
         parts = checked.split(".")
         for i in range(len(parts) - 1, 0, -1):
             module_name = ".".join(parts[:i])

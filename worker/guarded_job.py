@@ -58,12 +58,11 @@ class GuardedJob(Job):
     def check_admissible(self) -> None:
         """Refuse, by name alone (nothing is imported), a job the worker must not run: its
         function or a callback outside the allowlist, or a bound-method (``instance``) job."""
+        callbacks = [k for k in CALLBACK_KINDS if getattr(self, f"_{k}_callback_name", None)]
         try:
             self.allowlist.check(self.func_name)
-            for kind in CALLBACK_KINDS:
-                name = getattr(self, f"_{kind}_callback_name", None)
-                if name:
-                    self.allowlist.check(name, f"{kind} callback")
+            for kind in callbacks:
+                self.allowlist.check(getattr(self, f"_{kind}_callback_name"), f"{kind} callback")
         except FunctionNotAllowed as e:
             raise self.refuse(str(e)) from None
         if self.instance is not None:
@@ -74,7 +73,7 @@ class GuardedJob(Job):
         # Callbacks run in this process whatever the strategy, so they are resolved here now:
         # one the allowlist refuses (defined elsewhere) refuses the job before it runs. One that
         # does not exist fails the job when RQ asks for it, after the function ran, as in RQ.
-        for kind in CALLBACK_KINDS:
+        for kind in callbacks:
             try:
                 self._callback(kind)
             except FunctionNotAllowed as e:
