@@ -20,8 +20,8 @@ from conftest import RedisServer
 from test_producer import call, one_line, producer
 
 from producer.errors import BadInput
-from producer.sizing import resolve_capacity
 from producer.plan import make_plan
+from producer.sizing import resolve_capacity
 
 
 def cpu_results() -> dict[str, Any]:
