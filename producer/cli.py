@@ -162,7 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="redraw report.md and the charts from a results directory")
     r.add_argument("--results", required=True, type=Path, metavar="DIR")
+    strict_numbers(p)
     return p
+
+
+def strict_numbers(parser: argparse.ArgumentParser) -> None:
+    """Number flags read as the worker's settings are: ASCII digits, finite (worker/config_values.py).
+
+    argparse's ``type=int``/``type=float`` are Python's ``int()``/``float()``, which take other
+    scripts' digits, ``inf`` and ``nan`` (``--rate inf``, ``--count`` in Arabic-Indic digits).
+    Every subcommand's flags, including ones added later, get the strict versions.
+    """
+    from worker.config_values import arg_float, arg_int
+
+    for action in parser._actions:
+        if action.type is int:
+            action.type = arg_int
+        elif action.type is float:
+            action.type = arg_float
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                strict_numbers(sub)
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -318,6 +338,12 @@ COMMANDS = {
 }
 
 
+def _env_urls() -> list[str]:
+    import os
+
+    return [u for u in (os.environ.get("REDIS_URL"), os.environ.get("PRODUCER_REDIS_URL")) if u]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:  # the compose stack's steady demo load: see producer/demo.py
@@ -325,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo.main(argv[1:])
     args = build_parser().parse_args(argv)
+    from worker.redact import redact_tracebacks
+
+    redact_tracebacks(u for u in (getattr(args, "redis_url", None), *_env_urls()) if u)
     try:
         return COMMANDS[args.command](args)
     except BadInput as e:

@@ -47,6 +47,7 @@ from typing import Any
 from producer.errors import BadInput
 from producer.options import MIB, DockerOptions, mib
 from producer.processes import reachable
+from worker.redact import redact_url
 
 LABEL = "poolq.experiment"
 BUILD_HINT = "build it from the repository with `docker build -t {image} .` (or `docker compose build`)"
@@ -223,8 +224,8 @@ class DockerLab:
             host_url = urllib.parse.urlunsplit(parts._replace(netloc="@".join([*netloc[:-1], hostport])))
         if not reachable(host_url, 3.0):
             raise BadInput(
-                f"--redis-url {url}: not reachable from the host (tried {host_url}); the producer runs on the host "
-                "and must reach the Redis the workers use"
+                f"--redis-url {redact_url(url)}: not reachable from the host (tried {redact_url(host_url)}); the "
+                "producer runs on the host and must reach the Redis the workers use"
             )
         return host_url
 

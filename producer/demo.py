@@ -20,6 +20,9 @@ import redis
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
+from worker.config_values import arg_float, arg_int, check_redis_url
+from worker.redact import redact_url, scrub
+
 log = logging.getLogger("producer.demo")
 
 # (function, kwargs): the mix every queue receives, in turn. One job in ten fails (and is
@@ -41,12 +44,12 @@ MIX: tuple[tuple[str, dict[str, float | str]], ...] = (
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m producer.demo", description=__doc__.splitlines()[0])
     p.add_argument("--queues", default="thread,process", help="queues to feed (default: thread,process)")
-    p.add_argument("--rate", type=float, default=20.0, help="jobs per second per queue (default: 20)")
-    p.add_argument("--duration", type=float, default=3600.0, help="seconds to run, then exit 0 (default: 3600)")
+    p.add_argument("--rate", type=arg_float, default=20.0, help="jobs per second per queue (default: 20)")
+    p.add_argument("--duration", type=arg_float, default=3600.0, help="seconds to run, then exit 0 (default: 3600)")
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument(
         "--max-backlog",
-        type=int,
+        type=arg_int,
         default=2000,
         help="pause while a queue holds more than this many jobs (default: 2000)",
     )
@@ -55,6 +58,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rate must be > 0 and <= 10000")
     if args.duration <= 0:
         p.error("--duration must be > 0")
+    try:
+        check_redis_url(args.redis_url)
+    except ValueError as e:
+        p.error(f"--redis-url / REDIS_URL {redact_url(args.redis_url)!r}: {e}")
     return args
 
 
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conn.ping()
     except redis.exceptions.RedisError as e:
-        print(f"error: Redis at {args.redis_url} unreachable: {e}", file=sys.stderr)
+        url = args.redis_url
+        print(f"error: Redis at {redact_url(url)} unreachable: {scrub(str(e), [url])}", file=sys.stderr)
         return 2
     queues = [Queue(q, connection=conn, serializer=JSONSerializer) for q in args.queues.split(",") if q]
     stop = False

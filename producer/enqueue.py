@@ -27,15 +27,17 @@ from producer.workloads import JobSpec
 
 def connect(url: str, timeout: float = 3.0) -> redis.Redis[bytes]:
     """A client that has answered PING; BadInput (one line) when Redis is unreachable."""
+    from worker.redact import redact_url, scrub
+
     try:
         conn: redis.Redis[bytes] = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=30)
     except ValueError as e:
-        raise BadInput(f"Redis URL {url!r} is not valid: {e}") from None
+        raise BadInput(f"Redis URL {redact_url(url)!r} is not valid: {scrub(str(e), [url])}") from None
     try:
         conn.ping()
     except (redis.exceptions.RedisError, OSError) as e:
         conn.close()
-        raise BadInput(f"Redis at {url} is unreachable: {e}") from None
+        raise BadInput(f"Redis at {redact_url(url)} is unreachable: {scrub(str(e), [url])}") from None
     return conn
 
 

@@ -38,6 +38,7 @@ from producer.results import Results, load_results
 from producer.sizing import available_cpus, calibrate
 from producer.summary import aggregate
 from producer.workloads import JobSpec, build_spec, experiment_spec
+from worker.redact import redact_url
 
 
 def job_specs(opts: Options) -> dict[str, JobSpec]:
@@ -90,8 +91,8 @@ def run(opts: Options, backend: Backend | None = None, on_cell: Callable[..., No
         results.calibration = {w: calibrate(specs[w], 3 if w in ("alloc", "io") else 5) for w in opts.workloads}
         ctx = Context(opts, conn, url, run_id, cpus, specs, results.calibration, log_dir, backend.redis_process(conn))
         log(
-            f"experiment {run_id}: {backend.description}, Redis {url} ({meta.redis_server}), {cpus} CPUs, strategies "
-            f"{','.join(opts.strategies)}, workloads {','.join(opts.workloads)}, {opts.repeats} repeat(s)"
+            f"experiment {run_id}: {backend.description}, Redis {redact_url(url)} ({meta.redis_server}), {cpus} CPUs, "
+            f"strategies {','.join(opts.strategies)}, workloads {','.join(opts.workloads)}, {opts.repeats} repeat(s)"
         )
         try:
             run_matrix(ctx, backend, results, on_cell)

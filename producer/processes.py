@@ -123,7 +123,6 @@ class LocalWorker:
             "--strategy", strategy,
             "--concurrency", concurrency,
             "--queues", queue,
-            "--redis-url", redis_url,
             "--name", name,
             "--metrics-port", "0",
             "--log-level", "WARNING",
@@ -133,6 +132,9 @@ class LocalWorker:
             self.cmd.append("--burst")
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("WORKER_")}
         env["PYTHONUNBUFFERED"] = "1"
+        # In the environment, not on the command line: any user of the host can read a command line
+        # (ps), and the URL may carry a password.
+        env["REDIS_URL"] = redis_url
         self.log_path = (log_dir or Path(tempfile.gettempdir())) / f"{name}.log"
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.started_wall = time.time()

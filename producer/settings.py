@@ -15,28 +15,36 @@ from __future__ import annotations
 import argparse
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.config_values import ascii_int, check_redis_url
+from worker.redact import redact_url, scrub
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class ProducerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PRODUCER_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="PRODUCER_", extra="ignore", frozen=True, allow_inf_nan=False)
 
     redis_url: str = Field(DEFAULT_REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "PRODUCER_REDIS_URL"))
     queue: str = "default"
     batch_size: int = Field(500, ge=1, le=100_000)
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
-    result_ttl_seconds: int = Field(3600, ge=1)
+    result_ttl_seconds: int = Field(3600, ge=1, le=365 * 86_400)
     worker_metrics: str = ""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_in_ascii(cls, v: Any, info: ValidationInfo) -> Any:
+        """Whole numbers in ASCII digits only, as the worker's settings (worker/config_values.py)."""
+        field = cls.model_fields.get(info.field_name or "")
+        return ascii_int(v) if field is not None and field.annotation is int else v
 
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return v
+        return check_redis_url(v)
 
     @field_validator("queue")
     @classmethod
@@ -64,7 +72,18 @@ def from_args(args: argparse.Namespace) -> ProducerSettings:
 
 def describe_error(exc: ValidationError) -> str:
     """One line for the first invalid value."""
+    import os
+
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else "?"
-    name = "REDIS_URL" if field in ("redis_url", "REDIS_URL") else "PRODUCER_" + field.upper().removeprefix("PRODUCER_")
-    return f"invalid configuration: {name}={err.get('input')!r}: {err['msg']}"
+    is_url = field in ("redis_url", "REDIS_URL", "PRODUCER_REDIS_URL")
+    name = "REDIS_URL" if is_url else "PRODUCER_" + field.upper().removeprefix("PRODUCER_")
+    value = err.get("input")
+    shown = repr(redact_url(value) if isinstance(value, str) else "<not a string>") if is_url else repr(value)[:80]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    secrets = [
+        u
+        for u in (value if is_url else None, os.environ.get("REDIS_URL"), os.environ.get("PRODUCER_REDIS_URL"))
+        if isinstance(u, str) and u
+    ]
+    return " ".join(scrub(f"invalid configuration: {name}={shown}: {msg}", secrets).split())

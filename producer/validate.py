@@ -34,6 +34,7 @@ from producer.results import load_results
 from producer.settings import from_args
 from producer.stats import percentile
 from producer.workloads import build_spec
+from worker.redact import redact_url
 
 WAITED_THRESHOLD_S = 0.005  # a job "waited" when its wait exceeds the dequeue overhead
 
@@ -70,7 +71,7 @@ def run(
     local_redis: LocalRedis | None = None
     if not reachable(redis_url):
         local_redis = LocalRedis()
-        log(f"REDIS_URL {redis_url} is unreachable: started redis-server on 127.0.0.1:{local_redis.port}")
+        log(f"REDIS_URL {redact_url(redis_url)} is unreachable: started redis-server on 127.0.0.1:{local_redis.port}")
     url = local_redis.url if local_redis else redis_url
     out.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:6]

@@ -436,3 +436,68 @@ def test_the_worker_clients_retries_end_when_its_gate_says_stop() -> None:
         retry.call_with_retry(refused, lambda _e: None)
     assert attempts == 1  # stopping: no retry
     conn.close()
+
+
+# ------------------------------------------------------------------------------ the producer
+
+
+def run_producer(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "producer", *args],
+        cwd=REPO_ROOT,
+        env=worker_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param([], {"REDIS_URL": f"redis://:{PASSWORD}@127.0.0.1:notaport/0"}, id="env-bad-port"),
+        pytest.param(["--redis-url", f"http://:{PASSWORD}@127.0.0.1:6379/0"], {}, id="flag-bad-scheme"),
+        pytest.param(["--redis-url", f"redis://:{PASSWORD}@127.0.0.1:1/0"], {}, id="flag-unreachable"),
+    ],
+)
+def test_producer_never_prints_the_password(args: list[str], env: dict[str, str]) -> None:
+    res = run_producer(["enqueue", "--workload", "noop", "--count", "1", *args], env)
+    assert res.returncode == 2, res
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert_no_password(res.stdout + res.stderr, "the producer's error line")
+    assert "***" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["--count", ARABIC_2], id="count-arabic-digit"),
+        pytest.param(["--count", "1", "--rate", "inf"], id="rate-inf"),
+        pytest.param(["--count", "1", "--batch-size", ARABIC_2], id="batch-size-arabic-digit"),
+        pytest.param(["--count", "1", "--job-timeout", ARABIC_2], id="job-timeout-arabic-digit"),
+    ],
+)
+def test_producer_number_flags_are_ascii_and_finite(redis_url: str, args: list[str]) -> None:
+    res = run_producer(["enqueue", "--workload", "noop", "--queue", "untouched", *args], {"REDIS_URL": redis_url})
+    assert res.returncode == 2, res
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert args[-2] in res.stderr, res.stderr
+
+
+def test_producer_starts_its_workers_without_the_url_on_their_command_line(secure_redis: PasswordRedis) -> None:
+    """Any user of the host can read a command line (ps); the URL goes in the environment."""
+    import psutil
+
+    from producer.processes import LocalWorker
+
+    secure_redis.start()
+    conn = secure_redis.client()
+    worker = LocalWorker(secure_redis.url, "thread", "1", "security-q", "security-w")
+    try:
+        worker.wait_registered(conn)
+        assert_no_password(" ".join(psutil.Process(worker.pid).cmdline()), "the worker's command line")
+    finally:
+        worker.stop()
+        conn.close()

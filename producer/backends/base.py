@@ -27,6 +27,7 @@ import redis
 from producer.context import Context
 from producer.results import Cell, Meta, Results
 from producer.sampling import HostLoad, local_redis_process
+from worker.redact import redact_url
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,8 @@ class Backend(abc.ABC):
         return local_redis_process(conn)
 
     def redis_described(self, url: str) -> str:
-        """meta.redis_url: which Redis the workers used."""
-        return url
+        """meta.redis_url: which Redis the workers used (its password redacted: results are shared)."""
+        return redact_url(url)
 
     @abc.abstractmethod
     def sizes(self, ctx: Context, strategy: str, workload: str) -> list[Size]:

@@ -24,6 +24,7 @@ from producer.options import DockerOptions, Options, mib
 from producer.results import Cell, ContainerCell, DockerMeta, Meta
 from producer.sampling import HostCpu, other_load
 from producer.scrape import MetricsProbe, MetricsReading
+from worker.redact import redact_url
 
 
 class ContainerWorkerRun(WorkerRun):
@@ -160,7 +161,7 @@ class DockerBackend(Backend):
 
     def redis_described(self, url: str) -> str:
         if self.docker.network:
-            return url
+            return redact_url(url)
         return f"Redis container {self.docker.redis_image} (started by the producer)"
 
     def sizes(self, ctx: Context, strategy: str, workload: str) -> list[Size]:

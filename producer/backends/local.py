@@ -20,6 +20,7 @@ from producer.processes import LocalRedis, LocalWorker, reachable
 from producer.results import Cell, Results
 from producer.sampling import HostCpu, TreeReading, TreeSampler, other_load, peak
 from producer.sizing import resolve_capacity
+from worker.redact import redact_url
 
 
 class LocalWorkerRun(WorkerRun):
@@ -88,8 +89,8 @@ class LocalBackend(Backend):
             return self.opts.redis_url
         self.local_redis = LocalRedis()
         log(
-            f"REDIS_URL {self.opts.redis_url} is unreachable: started redis-server {self.local_redis.version} "
-            f"on 127.0.0.1:{self.local_redis.port} for this run"
+            f"REDIS_URL {redact_url(self.opts.redis_url)} is unreachable: started redis-server "
+            f"{self.local_redis.version} on 127.0.0.1:{self.local_redis.port} for this run"
         )
         return self.local_redis.url
 
@@ -98,7 +99,7 @@ class LocalBackend(Backend):
             self.local_redis.stop()
 
     def redis_described(self, url: str) -> str:
-        return "private redis-server (started by the producer)" if self.local_redis else url
+        return "private redis-server (started by the producer)" if self.local_redis else redact_url(url)
 
     def sizes(self, ctx: Context, strategy: str, workload: str) -> list[Size]:
         return [Size(strategy, c) for c in self.opts.concurrency[f"{strategy}:{workload}"]]

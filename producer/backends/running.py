@@ -24,6 +24,7 @@ from producer.measure import MIB
 from producer.options import Options
 from producer.results import Cell
 from producer.scrape import MetricsProbe, MetricsReading
+from worker.redact import redact_url
 
 
 class RunningWorkerRun(WorkerRun):
@@ -100,8 +101,8 @@ class RunningBackend(Backend):
         conn.close()
         if missing:
             raise BadInput(
-                f"no running worker consumes queue(s) {', '.join(missing)} at {self.opts.redis_url}: start the worker "
-                "services (each consumes the queue named after its strategy), or use --local"
+                f"no running worker consumes queue(s) {', '.join(missing)} at {redact_url(self.opts.redis_url)}: "
+                "start the worker services (each consumes the queue named after its strategy), or use --local"
             )
 
     def start(self, run_id: str, log_dir: Path) -> str:
