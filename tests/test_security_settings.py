@@ -259,7 +259,9 @@ BAD_ENV = [
     pytest.param({"WORKER_MAX_REDELIVERIES": "1000000"}, id="redeliveries-huge"),
     pytest.param({"WORKER_CONCURRENCY": ARABIC_2}, id="concurrency-arabic-digit"),
     pytest.param({"WORKER_WORKER_TTL_SECONDS": "5"}, id="ttl-below-heartbeats"),
-    pytest.param({"WORKER_METRICS_ADDRESS": ""}, id="metrics-address-empty"),
+    pytest.param({"WORKER_METRICS_ADDRESS": ""}, id="metrics-address-empty"),  # bound every interface
+    pytest.param({"WORKER_METRICS_ADDRESS": "0"}, id="metrics-address-0"),  # so did "0" (inet_aton shorthand)
+    pytest.param({"WORKER_NAME": "two words"}, id="name-with-space"),
     pytest.param({"WORKER_PROCESSES": "1000", "WORKER_THREADS_PER_PROCESS": "1000"}, id="hybrid-slots-huge"),
     pytest.param({"REDIS_URL": "redis://127.0.0.1:notaport/0"}, id="redis-url-port-text"),
     pytest.param({"REDIS_URL": "redis://127.0.0.1:0/0"}, id="redis-url-port-0"),
@@ -307,6 +309,13 @@ def test_bad_flag_value_exits_2_with_one_line(redis_url: str, args: list[str], f
     res = run_cli([*base, *args])  # later flags win
     line = assert_one_line_error(res, flag)
     assert line.startswith("invalid configuration:"), line
+
+
+def test_auto_sizing_beyond_the_slot_limit_is_refused(redis_url: str) -> None:
+    """1024 hybrid children x 8 threads each: refused in one line before any child starts."""
+    env = {"REDIS_URL": redis_url, "WORKER_STRATEGY": "hybrid", "WORKER_PROCESSES": "1024"}
+    res = run_cli(["--burst", "--metrics-port", "0", "--queues", "empty"], env)
+    assert_one_line_error(res, "8192", "WORKER_PROCESSES")
 
 
 def test_worker_ttl_below_twice_the_heartbeat_is_refused_with_the_reason(redis_url: str) -> None:

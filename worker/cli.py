@@ -19,7 +19,7 @@ from worker import __version__, defaults
 from worker.cpus import CpuInfo, detect_cpus
 from worker.outage import StopAwareRetry, StopGate
 from worker.redact import redact_logging, redact_tracebacks, redact_url, scrub, secrets_of
-from worker.settings import WorkerSettings, describe_error
+from worker.settings import MAX_SLOTS, WorkerSettings, describe_error
 
 log = logging.getLogger("worker")
 
@@ -393,6 +393,14 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
     )
     hooks = HookChain(extra_hooks or [])
     strategy = STRATEGIES[settings.strategy](config, hooks)
+    if strategy.capacity > MAX_SLOTS:  # auto-sizing: CPUs x WORKER_THREADS_PER_CPU can exceed it
+        print(
+            f"invalid configuration: {strategy.name} would run {strategy.capacity} jobs at once, at most {MAX_SLOTS}: "
+            f"lower WORKER_THREADS_PER_CPU (x {cpu.available} CPUs), WORKER_PROCESSES or WORKER_THREADS_PER_PROCESS, "
+            "or set WORKER_CONCURRENCY",
+            file=sys.stderr,
+        )
+        return 2
     if settings.metrics_port:
         from worker.metrics import Metrics
 

@@ -6,6 +6,7 @@ a worker that starts with a typo in its configuration is worse than one that doe
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
@@ -26,6 +27,7 @@ MAX_JOBS_PER_CHILD = 1_000_000_000
 MAX_CHILD_MEMORY_MB = 1_048_576.0  # 1 TiB
 MAX_REDELIVERIES = 1_000
 MAX_SLOTS = 4096  # the most slots a worker may have: --concurrency's bound, and hybrid's P x T
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # A worker counts as dead once its heartbeat is older than its TTL. Missing one beat (a Redis
 # hiccup, a pause) must not be enough: TTL >= 2 x interval + this margin.
 TTL_MARGIN_SECONDS = 1.0
@@ -129,9 +131,30 @@ class WorkerSettings(BaseSettings):
     @field_validator("metrics_address")
     @classmethod
     def _metrics_address(cls, v: str) -> str:
+        """An IP address or a host name. Not empty, not ``0`` or ``127.1``: the socket library
+        reads those as shorthand (empty and ``0`` bind every interface), never what was meant."""
+        import ipaddress
+
         v = str(v).strip()
-        if not v or any(c.isspace() for c in v):
-            raise ValueError("must be an address to bind, e.g. 127.0.0.1 (0.0.0.0: every interface)")
+        try:
+            ipaddress.ip_address(v)
+            return v
+        except ValueError:
+            pass
+        labels = v.split(".")
+        host_name = all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+        if len(v) > 253 or not host_name:
+            raise ValueError("must be an IP address or a host name, e.g. 127.0.0.1 (0.0.0.0: every interface)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        """Shown in logs, ``rq info`` and Redis keys: printable, no spaces, at most 200 characters."""
+        if v is None or v == "":
+            return None  # the default, <hostname>.<pid>
+        if len(v) > 200 or not v.isprintable() or any(c.isspace() for c in v):
+            raise ValueError("must be up to 200 printable characters without spaces (empty: <hostname>.<pid>)")
         return v
 
     @field_validator("queues", "allowed_functions")
