@@ -346,3 +346,31 @@ def test_function_label_counts_only_resolved_functions_and_is_capped(
     functions = _function_labels(redis, redis_url, strategy, [*nope[:20], *real], 2)
     assert len(functions) <= 3 and "other" in functions, functions
     assert functions - {"other"} <= set(real), functions
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize(
+    ("args", "mention"),
+    [
+        (("--allowed-functions", "*"), "WORKER_ALLOWED_FUNCTIONS"),  # one segment: could only name a builtin
+        (("--allowed-functions", "worker.jobs.*,worker..x"), "WORKER_ALLOWED_FUNCTIONS"),
+        (("--webhook-hosts", "hooks.example.com/path"), "WORKER_WEBHOOK_HOSTS"),
+        (("--webhook-hosts", "hooks.example.com:0"), "WORKER_WEBHOOK_HOSTS"),
+        (("--max-function-labels", "0"), "WORKER_MAX_FUNCTION_LABELS"),
+    ],
+)
+def test_bad_allowlist_webhook_or_label_settings_exit_2_with_one_line(args: tuple[str, ...], mention: str) -> None:
+    import subprocess
+
+    res = subprocess.run(
+        [helpers.PYTHON, "-m", "worker", "--metrics-port", "0", *args],
+        cwd=REPO_ROOT,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and mention in lines[0], res.stderr
