@@ -65,13 +65,16 @@ def call_with_timeout(func: Callable[..., Any], args: tuple[Any, ...], timeout: 
 
     def run() -> None:
         try:
-            outcome.append((True, context.run(func, *args)))
-        except CallbackAbandoned:
+            try:
+                outcome.append((True, context.run(func, *args)))
+            except CallbackAbandoned:
+                raise
+            except BaseException as e:  # handed to the caller, which re-raises it
+                outcome.append((False, e))
+            finally:
+                done.set()
+        except CallbackAbandoned:  # wherever it lands, once the caller gave up on this thread
             log.warning("%s callback stopped after its timeout", what)
-        except BaseException as e:  # handed to the caller, which re-raises it
-            outcome.append((False, e))
-        finally:
-            done.set()
 
     thread = threading.Thread(target=run, name=f"poolq-{what}-callback", daemon=True)
     thread.start()
