@@ -324,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
             "--redis-url carries a password, and a command line is visible to every user of this host "
             "(ps, /proc); pass the URL in REDIS_URL instead"
         )
-    return run(settings)
+    try:
+        return run(settings)
+    except KeyboardInterrupt:  # Ctrl-C before the worker took over SIGINT (waiting for Redis at start)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def skip_resource_tracker() -> None:
