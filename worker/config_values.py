@@ -84,8 +84,8 @@ def check_redis_url(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
     except ValueError as e:
         raise ValueError(f"is not a valid URL ({e})") from None
-    if "@" in parts.path + parts.query + parts.fragment or parts.netloc.count("@") > 1:
-        raise ValueError("has an '@' outside the user info: percent-encode @ / ? # in a password (%40 %2F %3F %23)")
+    if "@" in parts.path + parts.query + parts.fragment:  # redis-py would take part of the password for the path
+        raise ValueError("has an '@' after the host: percent-encode / ? # in a password (%2F %3F %23)")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
     if parts.scheme == "unix":
         if not parts.path or parts.path == "/":
