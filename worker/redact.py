@@ -99,6 +99,11 @@ def secrets_of(url: str) -> list[str]:
     return sorted(out, key=len, reverse=True)  # longest first: a secret inside another one
 
 
+# Shorter secrets are not masked in free text: "a" or "dev" would mask every word containing
+# it in every log line. The URL itself is always shown redacted, whatever its password.
+MIN_SCRUBBED_CHARS = 4
+
+
 def scrub(text: str, urls: Iterable[str]) -> str:
     """``text`` with every URL of ``urls`` shown redacted and every secret of theirs masked."""
     for url in urls:
@@ -107,7 +112,8 @@ def scrub(text: str, urls: Iterable[str]) -> str:
         if url in text:
             text = text.replace(url, redact_url(url))
         for secret in secrets_of(url):
-            text = text.replace(secret, MASK)
+            if len(secret) >= MIN_SCRUBBED_CHARS:
+                text = text.replace(secret, MASK)
     return text
 
 
