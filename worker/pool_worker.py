@@ -430,7 +430,10 @@ class PoolWorker(BaseWorker):
         self._monitor_thread = threading.Thread(target=self._monitor, name="poolq-monitor", daemon=True)
         self._monitor_thread.start()
         self._scheduler_tick()
-        self.recover()
+        try:
+            self.recover()
+        except redis.exceptions.RedisError as e:  # Redis went away just after start: the monitor retries
+            log.warning("recovery at start failed (%s); will retry", e)
         worked = False
         try:
             worked = self._loop(burst)
@@ -536,7 +539,7 @@ class PoolWorker(BaseWorker):
         """
         if isinstance(fields, int):
             raise JobTooLarge(
-                f"the job hash is {fields} bytes, more than WORKER_MAX_JOB_BYTES ({self.max_job_bytes}); "
+                f"the job hash is {fields} bytes, more than WORKER_MAX_JOB_BYTES ({self.max_job_bytes} bytes); "
                 "it was not read"
             )
         if isinstance(fields, bytes):
