@@ -6,9 +6,10 @@ zeros is 400 MiB in the worker; the worker tree peaked at ~2 GiB RSS), decodes e
 however large, and takes numbers as they come (a timeout of 10**8 s overflows a pool child's
 ``poll()``; a result TTL of 10**18 s is refused by Redis' EXPIRE half-way through a script).
 
-- :func:`cap_rq_inflate` makes RQ's own inflate stop at ``WORKER_MAX_JOB_BYTES`` (a
+- :func:`harden_rq_reads` makes RQ's own inflate stop at ``WORKER_MAX_JOB_BYTES`` (a
   ``zlib.decompressobj`` with ``max_length``: memory never holds more than the cap), for every
-  ``Job`` this process reads: the dequeue path, the scheduler, registries, dependents.
+  ``Job`` this process reads: the dequeue path, the scheduler, registries, dependents; and
+  gives RQ's scheduler (which reads with plain ``Job``) the bounded class below.
 - :func:`bounded_job_class` gives the worker's job class a size check on the raw hash (the
   dequeue script already refuses larger ones in Redis, :data:`READ_JOB_LUA`), and makes RQ's
   own maintenance paths (registry clean-up, dependents, the scheduler) take a hash they cannot
@@ -23,6 +24,7 @@ a pipe), never the hash: the cap in the worker process bounds them too.
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from collections.abc import Iterable, Mapping
@@ -34,6 +36,8 @@ from rq.job import Job
 
 from worker import defaults
 from worker.errors import JobTooLarge, MalformedJob, WrongTypeKey
+
+log = logging.getLogger("worker.jobdata")
 
 # The longest job timeout accepted (-1 means none). Longer ones are a producer's mistake or
 # an attack: 10**8 s overflowed the pool child's poll(), 10**30 s every wait in the worker.
@@ -92,15 +96,22 @@ class _CappedZlib:
         return getattr(zlib, name)
 
 
-def cap_rq_inflate(limit: int) -> None:
-    """Make every zlib inflate of RQ's job model in this process stop at ``limit`` bytes.
+def harden_rq_reads(limit: int) -> None:
+    """Make RQ's reads of job hashes in this process bounded and unable to stop a loop.
 
-    RQ calls ``zlib.decompress`` by module attribute in ``rq.job`` (``data``, ``exc_info``) and
-    ``rq.results`` (``exc_string``); those names are pointed at a capped stand-in. Idempotent;
-    the last call's limit wins (one worker per process).
+    - every zlib inflate of RQ's job model stops at ``limit`` bytes: RQ calls ``zlib.decompress``
+      by module attribute in ``rq.job`` (``data``, ``exc_info``) and ``rq.results``
+      (``exc_string``); those names are pointed at a capped stand-in;
+    - ``rq.scheduler`` fetches due jobs with ``Job.fetch_many``, where one job key of the wrong
+      type (or one unreadable hash) failed the whole batch at every tick: no scheduled job of
+      that queue (``Retry`` intervals, ``enqueue_in``) was ever enqueued again. Its ``Job`` is
+      pointed at a :class:`BoundedJob`, for which such a job is missing (the scheduler drops it).
+
+    Idempotent; the last call's limit wins (one worker per process).
     """
     import rq.job
     import rq.results
+    import rq.scheduler
 
     for module in (rq.job, rq.results):
         current = module.__dict__.get("zlib")
@@ -108,6 +119,7 @@ def cap_rq_inflate(limit: int) -> None:
             current.limit = limit
         else:
             module.zlib = _CappedZlib(limit)  # type: ignore[attr-defined]
+    rq.scheduler.__dict__["Job"] = bounded_job_class(Job, limit)
 
 
 def hash_size(fields: Mapping[Any, Any]) -> int:
@@ -182,7 +194,8 @@ class BoundedJob(Job):
         size = hash_size(raw_data)
         if size > self.max_bytes:
             raise JobTooLarge(
-                f"the job hash is {size} bytes, more than WORKER_MAX_JOB_BYTES ({self.max_bytes}); it was not decoded"
+                f"the job hash is {size} bytes, more than WORKER_MAX_JOB_BYTES ({self.max_bytes} bytes); "
+                "it was not decoded"
             )
         return super().restore(raw_data)
 
@@ -216,15 +229,16 @@ class BoundedJob(Job):
             rows = p.execute(raise_on_error=False)
         jobs: list[Job | None] = []
         for job_id, row in zip(ids, rows, strict=True):
-            if not row or isinstance(row, Exception):
-                jobs.append(None)
-                continue
-            job = cls(job_id, connection=connection, serializer=serializer)
+            job: Job | None = None
             try:
-                job.restore(row)
-            except Exception:
-                jobs.append(None)
-                continue
+                if isinstance(row, Exception):
+                    raise row
+                if row:
+                    job = cls(job_id, connection=connection, serializer=serializer)
+                    job.restore(row)
+            except Exception as e:
+                log.warning("job %s cannot be read (%s: %.200s); taken as missing", job_id, type(e).__name__, e)
+                job = None
             jobs.append(job)
         return jobs
 
