@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 import helpers
+import metrics_helpers as mh
 import psutil
 import pytest
 from redis import Redis
@@ -365,3 +366,35 @@ def test_a_scheduled_job_key_of_the_wrong_type_does_not_hold_up_the_others(redis
     wait_finished(redis, [later.id], worker, timeout=30)
     assert redis.zcard("rq:scheduled:default") == 0
     assert "wt-scheduled cannot be read" in worker.output(), worker.describe()
+
+
+def test_the_metrics_keep_every_readable_queue_and_count_the_refused_jobs(redis: Redis, redis_url: str) -> None:
+    """With ``rq:queue:broken`` a string beside ``default``: the queue-size gauge still reports
+    ``default`` (one failing LLEN used to drop every queue's figures) and the job whose key is a
+    string counts in ``poolq_malformed_jobs_total``. Metrics are the same in every strategy."""
+    redis.set("rq:queue:broken", "x")
+    q = helpers.json_queue(redis)
+    redis.set("rq:job:wrong-type-m", "x")
+    redis.rpush(q.key, "wrong-type-m")
+    good = good_jobs(redis, 3)
+    port = mh.free_port()
+    worker = helpers.start_worker(
+        redis_url,
+        "thread",
+        2,
+        queues="broken,default",
+        extra_args=("--metrics-port", str(port)),
+        env={"WORKER_METRICS_SAMPLE_INTERVAL_SECONDS": "0.2"},
+    )
+    wait_finished(redis, good, worker)
+
+    def settled() -> mh.Samples | None:
+        samples = mh.scrape(port)
+        if samples is None or mh.total(samples, "poolq_queue_jobs", queue="default", state="finished") != 3:
+            return None
+        return samples
+
+    samples = helpers.wait_for(settled, 20, 0.2, "default's finished jobs in poolq_queue_jobs")
+    assert mh.total(samples, "poolq_malformed_jobs_total", queue="default") == 1
+    assert not mh.select(samples, "poolq_queue_jobs", queue="broken", state="queued")
+    assert worker.poll() is None, worker.describe()

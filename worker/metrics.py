@@ -483,8 +483,13 @@ class Metrics(Hooks):
                     p.llen(key)
                 else:
                     p.zcard(key)
-            values = p.execute()
-        return {(name, state): int(v) for (name, state, _), v in zip(keys, values, strict=True)}
+            values = p.execute(raise_on_error=False)
+        # A key of the wrong type (someone SET the queue to a string) loses only its own figure.
+        return {
+            (name, state): int(v)
+            for (name, state, _), v in zip(keys, values, strict=True)
+            if not isinstance(v, Exception)
+        }
 
 
 MetricsHooks = Metrics
