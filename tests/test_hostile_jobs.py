@@ -63,6 +63,15 @@ def status(conn: Redis, job_id: str) -> str | None:
     return None if raw is None else raw.decode()
 
 
+def hash_exc_info(conn: Redis, job_id: str) -> str:
+    """The ``exc_info`` field of a job hash, as RQ reads it (zlib-compressed or plain)."""
+    raw = conn.hget(f"rq:job:{job_id}", "exc_info") or b""
+    try:
+        return zlib.decompress(raw).decode(errors="replace")
+    except zlib.error:
+        return raw.decode(errors="replace")
+
+
 def quarantined(conn: Redis) -> dict[str, str]:
     """job id -> reason, from the worker's capped quarantine stream."""
     return {e[b"job_id"].decode(): e[b"reason"].decode() for _, e in conn.xrange(QUARANTINE)}
@@ -398,3 +407,36 @@ def test_the_metrics_keep_every_readable_queue_and_count_the_refused_jobs(redis:
     assert mh.total(samples, "poolq_malformed_jobs_total", queue="default") == 1
     assert not mh.select(samples, "poolq_queue_jobs", queue="broken", state="queued")
     assert worker.poll() is None, worker.describe()
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_a_job_key_of_the_wrong_type_at_start_or_finish_fails_the_job_with_nothing_half_written(
+    redis: Redis, redis_url: str, strategy: str
+) -> None:
+    """Keys a job's start and finish write besides its hash, SET to strings beforehand: its
+    execution registry ``rq:executions:<id>`` (written at start) and its results stream
+    ``rq:results:<id>`` (written at finish). The start and finish scripts check key types before
+    writing: each job fails alone, naming the key, nothing stays started, and the worker's own
+    counters count only what ran to the end (the finish used to fail half-way: the job was
+    counted successful, then failed)."""
+    q = helpers.json_queue(redis)
+    at_start = q.enqueue("worker.jobs.noop").id
+    redis.set(f"rq:executions:{at_start}", "x")
+    at_finish = q.enqueue("worker.jobs.noop").id
+    redis.set(f"rq:results:{at_finish}", "x")
+    good = good_jobs(redis, 3)
+
+    name = helpers.new_name()
+    run = helpers.run_worker(redis_url, strategy, 1, name=name, timeout=90)
+    assert run.returncode == 0, run.describe()
+    assert all(status(redis, i) == "finished" for i in good), run.describe()
+    for job_id, key in ((at_start, f"rq:executions:{at_start}"), (at_finish, f"rq:results:{at_finish}")):
+        assert status(redis, job_id) == "failed", run.describe()
+        assert job_id in failed_ids(redis)
+        # Its results stream being a string, the finish-time failure is in the hash's exc_info.
+        reason = failure_of(redis, job_id) if job_id == at_start else hash_exc_info(redis, job_id)
+        assert f"{key} holds a string" in reason, reason
+    assert StartedJobRegistry("default", connection=redis).get_job_ids() == []
+    assert not redis.keys(f"rq:execution:{at_start}:*")
+    counts = helpers.worker_hash(redis, name)
+    assert int(counts.get("successful_job_count", 0)) == len(good), counts

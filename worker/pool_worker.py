@@ -815,7 +815,24 @@ class PoolWorker(BaseWorker):
         )
         job.cleanup(result_ttl, pipeline=p, remove_from_queue=False)
         self.cleanup_execution(job, pipeline=p, execution=execution)
-        if not self._apply(p, guard="absent", key=job.dependents_key):
+        try:
+            applied = self._apply(p, guard="absent", key=job.dependents_key)
+        except WrongTypeKey as e:
+            # Nothing was written. The failure path that follows cannot write a Result either
+            # when the wrong key is the results stream: the reason goes where it can be read.
+            reason = f"{WrongTypeKey.__name__}: job {job.id} could not be finished: {e}"
+            refuse(
+                self.connection,
+                job.id,
+                queue,
+                reason,
+                failure_ttl=DEFAULT_FAILURE_TTL,
+                worker_name=self.name,
+                from_intermediate=False,
+                serializer=self.serializer,
+            )
+            raise
+        if not applied:
             # Dependents appeared while the job ran: RQ's WATCH/MULTI path moves and enqueues them.
             self._finalize_success(job, queue, execution, return_value)
             return
