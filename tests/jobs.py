@@ -155,3 +155,8 @@ def touch_sentinel(path: str) -> str:
     """Creates ``path``: if the file exists, the function ran."""
     Path(path).write_text(f"ran in pid {os.getpid()}\n")
     return path
+
+
+def record_failure(job: Any, connection: Any, exc_type: type, exc_value: BaseException, tb: Any) -> None:
+    """An RQ failure callback: records which error it was called with, in ``cb:<job id>:failure``."""
+    connection.set(f"cb:{job.id}:failure", f"{exc_type.__name__}: {exc_value}")

@@ -114,6 +114,8 @@ def test_live_exposition_passes_promtool(redis: redis_lib.Redis, redis_url: str)
     assert info_labels["concurrency"] == "2"
     assert mh.total(samples, "poolq_pool_size") == 2
     assert mh.total(samples, "poolq_available_cpus") >= 1
+    events = {dict(lab)["event"] for lab in mh.select(samples, "poolq_worker_events_total")}
+    assert {"route_changed", "left_to_recovery", "malformed_job", "redis_error"} <= events, events  # 0 from the start
     assert mh.total(samples, "poolq_job_run_seconds_count", function="worker.jobs.noop") == 3
     assert mh.total(samples, "poolq_job_wait_seconds_count", function="worker.jobs.noop") == 3
     assert mh.total(samples, "poolq_job_total_seconds_count", function="worker.jobs.noop") == 3

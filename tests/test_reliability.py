@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 import pytest
 from redis import Redis
-from rq import Queue
+from rq import Callback, Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
@@ -443,10 +443,18 @@ def test_kill9_jobs_recovered_within_bound_with_defaults(
 def test_job_abandoned_after_max_redeliveries(server: Any, conn: Redis[bytes], runs: str) -> None:
     """WORKER_MAX_REDELIVERIES=1: the job's worker is killed (-9), the job is re-queued once and
     its next worker is killed too; the third worker fails it as abandoned, with that reason, in
-    FailedJobRegistry. It ran exactly twice."""
+    FailedJobRegistry. It ran exactly twice, and its failure callback ran once, with RQ's
+    AbandonedJobError, as RQ's own clean-up calls it."""
     env = {**FAST_RECOVERY, **rh.worker_env(max_redeliveries=1)}
     q = queue(conn)
-    job = q.enqueue("tests.jobs.record", runs, "victim", 60.0, job_timeout=120)
+    job = q.enqueue(
+        "tests.jobs.record",
+        runs,
+        "victim",
+        60.0,
+        job_timeout=120,
+        on_failure=Callback("tests.jobs.record_failure"),
+    )
 
     a = start(server, "thread", 1, env=env)
     helpers.wait_for(lambda: rh.executions(runs)["victim"] == 1, 30, what="the first execution")
@@ -465,6 +473,8 @@ def test_job_abandoned_after_max_redeliveries(server: Any, conn: Redis[bytes], r
     assert rh.executions(runs)["victim"] == 2
     assert rh.status(conn, job.id) == "failed"
     assert job.id.encode() not in conn.lrange("rq:queue:default", 0, -1)
+    called = helpers.wait_for(lambda: conn.get(f"cb:{job.id}:failure"), 15, what="the failure callback")
+    assert called.decode().startswith("AbandonedJobError"), called
     assert helpers.stop(c, timeout=30) == 0
 
 

@@ -54,7 +54,15 @@ STATUSES = ("finished", "failed", "timed_out", "crashed", "retried", "abandoned"
 UNTIMED_STATUSES = frozenset({"requeued", "abandoned"})
 QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "finished", "failed")
 REPLACE_REASONS = ("crashed", "timed_out", "max_jobs", "memory")
-KNOWN_EVENTS = ("child_replaced", "runaway_thread", "redis_error", "malformed_job", "recovered")
+KNOWN_EVENTS = (
+    "child_replaced",
+    "runaway_thread",
+    "redis_error",
+    "malformed_job",
+    "recovered",
+    "route_changed",  # auto: a function's class changed
+    "left_to_recovery",  # stopping while Redis was unreachable: a job's outcome was left to recovery
+)
 RECOVERY_OUTCOMES = ("requeued", "abandoned")
 OTHER = "other"
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")

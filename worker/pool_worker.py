@@ -34,6 +34,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import release_slot
+from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
 from rq.utils import now, utcformat
@@ -345,6 +346,11 @@ class PoolWorker(BaseWorker):
         # Every job hash this process decodes is capped (worker/jobdata.py), RQ's own reads too.
         self.max_job_bytes = max_job_bytes
         harden_rq_reads(max_job_bytes)
+        # RQ's registry clean-up (the monitor thread) runs abandoned jobs' failure callbacks
+        # under its own death penalty class, SIGALRM: not in a thread. The callbacks of the
+        # worker's job class bound themselves (worker/callbacks.py).
+        started_registry: Any = StartedJobRegistry  # RQ types the attribute as SIGALRM's class
+        started_registry.death_penalty_class = CallbackDeadline
         self.allowed_functions = allowed_functions or list(defaults.ALLOWED_FUNCTIONS)
         self.webhook_hosts = WebhookHosts(webhook_hosts or ())
         super().__init__(

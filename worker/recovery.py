@@ -21,16 +21,20 @@ it reads are taken for what they are (unreadable: that worker is dead).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
+from rq.callbacks import execute_failure_callback
+from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from rq.results import Result
 from rq.utils import utcformat, utcparse
 
+from worker.callbacks import CallbackDeadline
 from worker.errors import AbandonedJob, MalformedJob, WrongTypeKey
 from worker.quarantine import Throttle, printable, refuse, valid_id
 
@@ -337,6 +341,20 @@ class Recovery:
                 Result.create_failure(stub, self.failure_ttl, reason)
             except redis.exceptions.ResponseError as e:  # its results stream is of the wrong type
                 log.error("job %s: its failed result could not be written: %s", job_id, e)
+            # RQ runs an abandoned job's failure callback (StartedJobRegistry.cleanup); so does
+            # recovery, in a thread of its own: the callback may take up to its timeout, and the
+            # scan runs in the monitor thread, which also sends the heartbeats.
+            threading.Thread(
+                target=self._abandoned_callback, args=(job_id,), name="poolq-abandoned-callback", daemon=True
+            ).start()
+
+    def _abandoned_callback(self, job_id: str) -> None:
+        """The failure callback of a job failed as abandoned, as RQ calls it (AbandonedJobError)."""
+        try:
+            job = self.job_class.fetch(job_id, connection=self.conn, serializer=self.serializer)
+            execute_failure_callback(job, CallbackDeadline, AbandonedJobError, AbandonedJobError(), None)
+        except Exception:  # the callback's own error, or one the allowlist refused: logged, as RQ does
+            log.exception("job %s: the failure callback of the abandoned job raised", job_id)
 
     def _func_name(self, job_id: str) -> str:
         try:
