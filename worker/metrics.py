@@ -30,17 +30,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from worker import __version__, defaults
+from worker import __version__, defaults, events
 from worker.allowlist import was_resolved
-from worker.hooks import Hooks
+from worker.events import END_STATUSES, RECOVERY_OUTCOMES, REPLACE_REASONS, UNTIMED_STATUSES
+from worker.hooks import Hooks, WorkerView
 from worker.proctree import MEMORY_KINDS, ROLES, ProcessTree, TreeSample
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
-
-    from rq.job import Job
-
-    from worker.pool_worker import PoolWorker
 
 log = logging.getLogger("worker.metrics")
 
@@ -49,21 +46,9 @@ BUCKETS_SECONDS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )  # fmt: skip
-STATUSES = ("finished", "failed", "timed_out", "crashed", "retried", "abandoned", "requeued", "rejected")
-# Executions that did not run to an end in this worker: their times say nothing about the job.
-UNTIMED_STATUSES = frozenset({"requeued", "abandoned"})
+STATUSES = END_STATUSES
 QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "finished", "failed")
-REPLACE_REASONS = ("crashed", "timed_out", "max_jobs", "memory")
-KNOWN_EVENTS = (
-    "child_replaced",
-    "runaway_thread",
-    "redis_error",
-    "malformed_job",
-    "recovered",
-    "route_changed",  # auto: a function's class changed
-    "left_to_recovery",  # stopping while Redis was unreachable: a job's outcome was left to recovery
-)
-RECOVERY_OUTCOMES = ("requeued", "abandoned")
+KNOWN_EVENTS = tuple(e.name for e in events.EVENTS)
 OTHER = "other"
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _MAX_EVENT_NAMES = 32
@@ -256,7 +241,7 @@ class Metrics(Hooks):
         self.allowed_functions = list(allowed_functions)
         self.max_function_labels = max(1, max_function_labels)
         self.sample_interval = sample_interval
-        self.worker: PoolWorker | None = None
+        self.worker: WorkerView | None = None
         self.last_tree: TreeSample | None = None
         self.last_queue_sizes: dict[tuple[str, str], int] = {}
         self._tree: ProcessTree | None = None
@@ -359,65 +344,71 @@ class Metrics(Hooks):
 
     # ------------------------------------------------------------------ hooks
 
-    def on_worker_start(self, worker: PoolWorker) -> None:
+    def on_worker_start(self, worker: WorkerView) -> None:
         self.worker = worker
-        self._tree = ProcessTree(pool_pids=worker.strategy.child_pids)
+        self._tree = ProcessTree(pool_pids=worker.child_pids)
         self._sample()  # values before the first scrape
         self._stop.clear()
         self._thread = threading.Thread(target=self._sampler, name="poolq-metrics-sampler", daemon=True)
         self._thread.start()
 
-    def on_worker_stop(self, worker: PoolWorker) -> None:
+    def on_worker_stop(self, worker: WorkerView) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         self._sample(queues=False)  # the last tree figures; no Redis round trip on the way out
         self.close()
 
-    def on_job_end(
-        self,
-        worker: PoolWorker,
-        job: Job,
-        queue_name: str,
-        status: str,
-        run_seconds: float,
-        wait_seconds: float | None,
-        total_seconds: float | None,
-        pool: str,
-    ) -> None:
+    def on_job_end(self, worker: WorkerView | None, event: events.JobEnded) -> None:
         try:
-            name: str | None = job.func_name
+            name: str | None = event.job.func_name
         except Exception:
             name = None
-        func = self._function_label(name, was_resolved(job))
+        func = self._function_label(name, was_resolved(event.job))
+        status = event.status
         label = status if status in STATUSES else OTHER
-        pool_label = pool if pool in self._pools else OTHER
+        pool_label = event.pool if event.pool in self._pools else OTHER
         if status in UNTIMED_STATUSES:
-            self.jobs.record(queue_name, func, label, None, None, None, pool_label)
+            self.jobs.record(event.queue, func, label, None, None, None, pool_label)
         else:
-            self.jobs.record(queue_name, func, label, run_seconds, wait_seconds, total_seconds, pool_label)
+            self.jobs.record(
+                event.queue, func, label, event.run_seconds, event.wait_seconds, event.total_seconds, pool_label
+            )
 
-    def on_event(self, worker: PoolWorker | None, event: str, **fields: Any) -> None:
-        self._event_child(event).inc()
-        s = self.strategy
-        if event == "runaway_thread":
-            self.runaway_threads.labels(s).inc()
-        elif event == "child_replaced":
-            reason = fields.get("reason")
-            self.children_replaced.labels(s, reason if reason in REPLACE_REASONS else OTHER).inc()
-        elif event == "redis_error":
-            self.redis_errors.labels(s).inc()
-        elif event == "malformed_job":
-            queue = fields.get("queue")
-            self.malformed_jobs.labels(s, queue if queue in self.queue_names else OTHER).inc()
-        elif event == "recovered":
-            outcome = fields.get("outcome")
-            if outcome in RECOVERY_OUTCOMES:
-                self.jobs_recovered.labels(s, outcome).inc()
-            if outcome == "abandoned":  # a job that ended for good, though not in this worker
-                queue = fields.get("queue")
-                func = self._function_label(fields.get("function"), resolved=False)
-                self.jobs.record(queue if queue in self.queue_names else OTHER, func, "abandoned", None, None, None)
+    # Counted events: each in poolq_worker_events, some in a counter of their own as well.
+
+    def on_runaway_thread(self, worker: WorkerView | None, event: events.RunawayThread) -> None:
+        self._event_child(event.name).inc()
+        self.runaway_threads.labels(self.strategy).inc()
+
+    def on_child_replaced(self, worker: WorkerView | None, event: events.ChildReplaced) -> None:
+        self._event_child(event.name).inc()
+        reason = event.reason if event.reason in REPLACE_REASONS else OTHER
+        self.children_replaced.labels(self.strategy, reason).inc()
+
+    def on_redis_error(self, worker: WorkerView | None, event: events.RedisError) -> None:
+        self._event_child(event.name).inc()
+        self.redis_errors.labels(self.strategy).inc()
+
+    def on_malformed_job(self, worker: WorkerView | None, event: events.MalformedJob) -> None:
+        self._event_child(event.name).inc()
+        queue = event.queue if event.queue in self.queue_names else OTHER
+        self.malformed_jobs.labels(self.strategy, queue).inc()
+
+    def on_recovered(self, worker: WorkerView | None, event: events.Recovered) -> None:
+        self._event_child(event.name).inc()
+        if event.outcome in RECOVERY_OUTCOMES:
+            self.jobs_recovered.labels(self.strategy, event.outcome).inc()
+        if event.outcome == "abandoned":  # a job that ended for good, though not in this worker
+            queue = event.queue if event.queue in self.queue_names else OTHER
+            func = self._function_label(event.function, resolved=False)
+            self.jobs.record(queue, func, "abandoned", None, None, None)
+
+    def on_route_changed(self, worker: WorkerView | None, event: events.RouteChanged) -> None:
+        self._event_child(event.name).inc()
+
+    def on_left_to_recovery(self, worker: WorkerView | None, event: events.LeftToRecovery) -> None:
+        self._event_child(event.name).inc()
 
     # ------------------------------------------------------------------ labels
 

@@ -40,7 +40,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
-from worker import defaults
+from worker import defaults, events
 from worker.allowlist import allowlist_for, check_allowed
 from worker.callbacks import CallbackDeadline
 from worker.errors import (
@@ -299,7 +299,7 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
-def status_of(exc: BaseException | None) -> str:
+def status_of(exc: BaseException | None) -> events.EndStatus:
     """The bounded ``status`` label for an ended job."""
     if exc is None:
         return "finished"
@@ -424,6 +424,14 @@ class PoolWorker(BaseWorker):
     def in_flight(self) -> int:
         return len(self._tickets)
 
+    @property
+    def strategy_name(self) -> str:
+        return self.strategy.name
+
+    @property
+    def capacity(self) -> int:
+        return self.strategy.capacity
+
     # ------------------------------------------------------------------ the loop
 
     def work(self, burst: bool = False, logging_level: str | None = None, **_: Any) -> bool:  # type: ignore[override]
@@ -507,7 +515,7 @@ class PoolWorker(BaseWorker):
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             if not self._stop_requested:  # stopping: said once, by _finish
                 log.error("Redis unavailable while dequeuing (%s); retrying", e)
-            self.hooks.on_event(self, "redis_error")
+            self.hooks.on_redis_error(self, events.RedisError())
             self._gate.nap(1.0)  # returns at once when the worker is stopping
             return [], True
         jobs: list[tuple[Job, Queue]] = []
@@ -659,7 +667,7 @@ class PoolWorker(BaseWorker):
         """The lifecycle of one job, in a slot thread (or the main thread for inline)."""
         ticket.token = self.strategy.current_token()
         try:
-            self.hooks.on_job_start(self, ticket.job, ticket.queue.name)
+            self.hooks.on_job_start(self, events.JobStarted(ticket.job, ticket.queue.name))
             self.perform_job(ticket.job, ticket.queue, ticket.execution, ticket)
         finally:
             self._end(ticket)
@@ -872,7 +880,7 @@ class PoolWorker(BaseWorker):
                 if time.monotonic() >= deadline:
                     raise
                 log.warning("Redis unavailable (%s); retrying in %.1f s", e, delay)
-                self.hooks.on_event(self, "redis_error")
+                self.hooks.on_redis_error(self, events.RedisError())
                 self._gate.nap(delay)
                 delay = min(delay * 2, defaults.REDIS_BACKOFF_MAX_SECONDS)
 
@@ -894,7 +902,7 @@ class PoolWorker(BaseWorker):
         with self._changed:
             self._left_to_recovery += 1
             self._redis_down_at_stop = True
-        self.hooks.on_event(self, "left_to_recovery")
+        self.hooks.on_left_to_recovery(self, events.LeftToRecovery())
 
     def _fail(self, ticket: Ticket, exc_info: ExcInfo, run_seconds: float) -> None:
         job = ticket.job
@@ -913,16 +921,19 @@ class PoolWorker(BaseWorker):
         retried = retries_before is not None and job.retries_left is not None and job.retries_left < retries_before
         self._report(ticket, exc_info[1], run_seconds, "retried" if retried else None)
 
-    def _report(self, ticket: Ticket, exc: BaseException | None, run_seconds: float, status: str | None = None) -> None:
+    def _report(
+        self, ticket: Ticket, exc: BaseException | None, run_seconds: float, status: events.EndStatus | None = None
+    ) -> None:
         end = time.time()
         job = ticket.job
         wait = None
         if ticket.enqueued_at is not None and job.started_at is not None:
             wait = max(0.0, job.started_at.timestamp() - ticket.enqueued_at)
         total = None if ticket.enqueued_at is None else max(0.0, end - ticket.enqueued_at)
-        self.hooks.on_job_end(
-            self, job, ticket.queue.name, status or status_of(exc), run_seconds, wait, total, self.strategy.pool_of(job)
+        ended = events.JobEnded(
+            job, ticket.queue.name, status or status_of(exc), run_seconds, wait, total, self.strategy.pool_of(job)
         )
+        self.hooks.on_job_end(self, ended)
 
     def _end(self, ticket: Ticket) -> None:
         # The worker's ``idle`` state is set by the dequeue loop when it finds the queues empty.
@@ -1026,11 +1037,15 @@ class PoolWorker(BaseWorker):
     def recover(self) -> None:
         """Re-queue (or fail as abandoned) the jobs of dead workers; see worker/recovery.py."""
         stats = self.recovery.run()
-        for outcome, jobs in (("requeued", stats.requeued), ("abandoned", stats.abandoned)):
+        outcomes: tuple[tuple[events.RecoveryOutcome, Any], ...] = (
+            ("requeued", stats.requeued),
+            ("abandoned", stats.abandoned),
+        )
+        for outcome, jobs in outcomes:
             for queue, _, func in jobs:
-                self.hooks.on_event(self, "recovered", outcome=outcome, queue=queue, function=func)
+                self.hooks.on_recovered(self, events.Recovered(outcome, queue, func))
         for queue, _ in stats.refused:
-            self.hooks.on_event(self, "malformed_job", queue=queue)
+            self.hooks.on_malformed_job(self, events.MalformedJob(queue))
 
     def register_birth(self) -> None:
         """Take over from a dead earlier life under the same name before registering.
@@ -1072,7 +1087,7 @@ class PoolWorker(BaseWorker):
         if len(detail) > 500:  # e.g. strptime quotes the whole bad value
             detail = detail[:497] + "..."
         reason = f"{MalformedJob.__name__}: job {printable(job_id)} could not be loaded: {type(exc).__name__}: {detail}"
-        self.hooks.on_event(self, "malformed_job", queue=queue.name)
+        self.hooks.on_malformed_job(self, events.MalformedJob(queue.name))
         refuse(
             self.connection,
             job_id,
