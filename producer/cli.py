@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from producer.errors import BadInput
 from producer.settings import from_args
+from worker.cli_parser import OneLineParser
 
 EPILOG = """\
 examples:
@@ -32,13 +33,6 @@ examples:
 environment: REDIS_URL, PRODUCER_QUEUE, PRODUCER_BATCH_SIZE, PRODUCER_PROGRESS (auto|bar|lines|off),
 PRODUCER_RESULT_TTL_SECONDS, PRODUCER_WORKER_METRICS; flags win. See docs/producer.md.
 """
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad flags get one line, not the whole usage block."""
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

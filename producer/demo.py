@@ -20,6 +20,7 @@ import redis
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
+from worker.cli_parser import OneLineParser
 from worker.config_values import arg_float, arg_int, check_redis_url
 from worker.redact import redact_url, scrub
 
@@ -42,7 +43,7 @@ MIX: tuple[tuple[str, dict[str, float | str]], ...] = (
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m producer.demo", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m producer.demo", description=__doc__.splitlines()[0])
     p.add_argument("--queues", default="thread,process", help="queues to feed (default: thread,process)")
     p.add_argument("--rate", type=arg_float, default=20.0, help="jobs per second per queue (default: 20)")
     p.add_argument("--duration", type=arg_float, default=3600.0, help="seconds to run, then exit 0 (default: 3600)")

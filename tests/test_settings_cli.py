@@ -232,3 +232,91 @@ def test_redis_wait_is_honoured(how: str) -> None:
     res = run_worker(url, None, None, None, extra_args=args, env=env, timeout=10)
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr, res.stderr
+
+
+# ------------------------------------------------------------------------------ settings defined once
+
+# Every flag `python -m worker` has had; generating them from the settings model must keep each.
+FLAGS = (
+    *("--strategy", "--concurrency", "--queues", "-q", "--burst", "-b", "--name", "-n", "--redis-url", "-u"),
+    *("--serializer", "--allowed-functions", "--webhook-hosts", "--threads-per-cpu", "--processes"),
+    *("--threads-per-process", "--job-timeout-seconds", "--result-ttl-seconds", "--shutdown-timeout"),
+    *("--redis-wait", "--max-jobs-per-child", "--max-child-memory-mb", "--max-redeliveries", "--max-job-bytes"),
+    *("--metrics-port", "--metrics-address", "--max-function-labels", "--log-level"),
+    *("--check", "--require-worker", "--version"),
+)
+
+
+def test_help_has_every_flag_and_every_environment_variable() -> None:
+    from worker.flags import settings_of
+    from worker.settings import WorkerSettings
+
+    text = run_cli(["--help"]).stdout
+    options = {word.rstrip(",") for word in text.split() if word.startswith("-")}
+    assert set(FLAGS) <= options, sorted(set(FLAGS) - options)
+    flat = " ".join(text.split())
+    for s in settings_of(WorkerSettings):
+        assert s.env in flat, s  # with a flag: "[env NAME]"; without: the environment-only list
+        assert f"(default: {s.default_text})" in flat, s
+
+
+def test_a_prefix_of_a_flag_is_refused() -> None:
+    """argparse took ``--max-jobs 3`` for ``--max-jobs-per-child 3``; both CLIs now refuse it."""
+    res = run_cli(["--check", "--redis-url", f"redis://127.0.0.1:{free_port()}/0", "--max-jobs", "3"])
+    assert "unrecognized arguments: --max-jobs" in assert_one_line_error(res)
+    res = run_cli(["--check", "--redis-url", f"redis://127.0.0.1:{free_port()}/0", "--shutdown", "1"])
+    assert "unrecognized arguments: --shutdown" in assert_one_line_error(res)
+    producer = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "producer",
+            "plan",
+            "--results",
+            "nowhere",
+            "--workload",
+            "io",
+            "--arrival-rate",
+            "3",
+            "--slo",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        env=worker_env(None),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert "unrecognized arguments: --slo" in assert_one_line_error(producer)
+
+
+def test_every_setting_reaches_the_worker() -> None:
+    """Settings flow into the constructors by parameter name: a renamed parameter must fail here,
+    not leave its setting silently at the default."""
+    import inspect
+
+    from worker.cli import READ_BY_CLI
+    from worker.metrics import Metrics
+    from worker.pool_worker import PoolWorker
+    from worker.settings import WorkerSettings
+    from worker.strategies import StrategyConfig
+
+    taken = set().union(*(inspect.signature(c).parameters for c in (PoolWorker, StrategyConfig, Metrics)))
+    values = WorkerSettings().parameters()
+    assert set(values) - taken - READ_BY_CLI == set()
+    assert set(values) >= READ_BY_CLI
+
+
+def test_readme_configuration_table_matches_the_settings() -> None:
+    """Each setting is one row of the README's table, with the default the model has."""
+    from worker.flags import settings_of
+    from worker.settings import WorkerSettings
+
+    rows = {}
+    for line in (REPO_ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].strip("`").isupper():
+            rows[cells[0].strip("`")] = cells[1].strip("`")
+    documented = {s.env: s.shown for s in settings_of(WorkerSettings)}
+    assert rows == documented

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import platform
 import socket
 import sys
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import redis
 from pydantic import ValidationError
@@ -16,12 +18,15 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from worker import __version__, defaults
+from worker.cli_parser import OneLineParser
 from worker.cpus import CpuInfo, detect_cpus
+from worker.flags import add_flags, env_only_epilog
 from worker.outage import StopAwareRetry, StopGate
 from worker.redact import redact_logging, redact_tracebacks, redact_url, scrub, secrets_of
 from worker.settings import MAX_SLOTS, WorkerSettings, describe_error
 
 log = logging.getLogger("worker")
+T = TypeVar("T")
 
 EPILOG = """\
 strategies:
@@ -51,146 +56,28 @@ Every flag has an environment variable: REDIS_URL, WORKER_STRATEGY, WORKER_CONCU
 """
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad flags get one line, not the whole usage block."""
-
-    def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of every :class:`WorkerSettings` field (worker/flags.py), then those that are not settings."""
     p = OneLineParser(
         prog="python -m worker",
         description="poolq worker: runs RQ jobs from Redis in a thread, process, hybrid, auto or inline pool.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + env_only_epilog(WorkerSettings),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    d = defaults
-    a = p.add_argument
-    a("--strategy", choices=d.STRATEGIES, help=f"how jobs run (default: {d.STRATEGY}); see below")
-    a("--concurrency", metavar="auto|N", help=f"jobs run at once (default: {d.CONCURRENCY})")
-    a("--queues", "-q", metavar="A,B", help=f"queues to consume, in priority order (default: {','.join(d.QUEUES)})")
-    a("--burst", "-b", action="store_true", help="exit 0 once the queues are empty and no job runs")
-    a("--name", "-n", help="worker name (default: <hostname>.<pid>)")
-    a("--redis-url", "-u", metavar="URL", help=f"Redis to use (default: {d.REDIS_URL}; env REDIS_URL)")
-    a(
-        "--serializer",
-        choices=("json", "pickle"),
-        help=f"job payload format (default: {d.SERIALIZER}; pickle can run code when a payload is read)",
-    )
-    a(
-        "--allowed-functions",
-        metavar="GLOBS",
-        help=(
-            "functions (and callbacks) jobs may name, comma-separated globs; '*', '?' and '[...]' match within ONE "
-            "dotted segment (myapp.tasks.* admits myapp.tasks.run, not myapp.tasks.os.system), and the function "
-            f"must be defined in the module its name gives (default: {','.join(d.ALLOWED_FUNCTIONS)})"
-        ),
-    )
-    a(
-        "--webhook-hosts",
-        metavar="HOSTS",
-        help="hosts (host: default port, or host:port) jobs' RQ webhooks may be sent to, comma-separated "
-        "(default: none, no webhooks are sent)",
-    )
-    a(
-        "--threads-per-cpu",
-        type=int,
-        help=f"thread pool size per CPU with --concurrency auto (default: {d.THREADS_PER_CPU})",
-    )
-    a(
-        "--processes",
-        type=int,
-        metavar="N",
-        help="hybrid and auto: child processes (default: 0, one per available CPU)",
-    )
-    a(
-        "--threads-per-process",
-        type=int,
-        metavar="N",
-        help="hybrid: threads in each child process (default: 0, WORKER_THREADS_PER_CPU)",
-    )
-    a("--job-timeout-seconds", type=int, help=f"timeout of jobs that carry none (default: {d.JOB_TIMEOUT_SECONDS})")
-    a("--result-ttl-seconds", type=int, help=f"how long results are kept (default: {d.RESULT_TTL_SECONDS})")
-    a(
-        "--shutdown-timeout",
-        type=float,
-        metavar="S",
-        help=f"on SIGTERM, seconds running jobs get before being re-queued (default: {d.SHUTDOWN_TIMEOUT_SECONDS:g})",
-    )
-    a(
-        "--redis-wait",
-        type=float,
-        metavar="S",
-        help=f"seconds to wait for Redis at start, then exit 1; 0 waits forever (default: {d.REDIS_WAIT_SECONDS:g})",
-    )
-    a(
-        "--max-jobs-per-child",
-        type=int,
-        metavar="N",
-        help="process strategy: replace a child after N jobs (default: 0, never)",
-    )
-    a(
-        "--max-child-memory-mb",
-        type=float,
-        metavar="MB",
-        help="process strategy: replace a child whose RSS exceeds MB after its job (default: 0, off)",
-    )
-    a(
-        "--max-redeliveries",
-        type=int,
-        metavar="N",
-        help=f"times a job of a dead worker is re-queued before it fails as abandoned (default: {d.MAX_REDELIVERIES})",
-    )
-    a(
-        "--max-job-bytes",
-        type=int,
-        metavar="N",
-        help=f"most bytes of a job hash and of its inflated payload; a larger job fails unread "
-        f"(default: {d.MAX_JOB_BYTES}, 4 MiB)",
-    )
-    a(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help=f"Prometheus /metrics port, 0 disables (default: {d.METRICS_PORT})",
-    )
-    a("--metrics-address", metavar="ADDR", help=f"address /metrics binds to (default: {d.METRICS_ADDRESS})")
-    a(
-        "--max-function-labels",
-        type=int,
-        metavar="N",
-        help=f"distinct 'function' label values in the metrics; further functions count as 'other' "
-        f"(default: {d.MAX_FUNCTION_LABELS})",
-    )
-    a("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help=f"(default: {d.LOG_LEVEL})")
-    a(
+    add_flags(p, WorkerSettings)
+    p.add_argument(
         "--check",
         action="store_true",
         help="health check: exit 0 if Redis answers (and, with --require-worker, a live worker runs on this host)",
     )
-    a(
+    p.add_argument(
         "--require-worker",
         action="store_true",
         help="with --check: also require a live worker registered from this host",
     )
-    a("--version", action="version", version=f"poolq worker {__version__}")
-    _values_checked_by_settings(p)
+    p.add_argument("--version", action="version", version=f"poolq worker {__version__}")
     return p
-
-
-def _values_checked_by_settings(parser: argparse.ArgumentParser) -> None:
-    """Hand number flags to :class:`WorkerSettings` as the text that was typed.
-
-    argparse's ``type=int``/``type=float`` are Python's ``int()``/``float()``: they take ``inf``,
-    ``nan`` and other scripts' digits (Arabic-Indic ones, say). Without a type, the flag's
-    text is validated by the same field validators as the environment variable, with the same
-    one-line error.
-    """
-    for action in parser._actions:
-        if action.type in (int, float):
-            action.type = None
 
 
 def _given_urls(overrides: dict[str, Any]) -> tuple[str, ...]:
@@ -291,10 +178,6 @@ def check(settings: WorkerSettings, require_worker: bool) -> int:
     return 1
 
 
-def resolve_concurrency(settings: WorkerSettings) -> int | None:
-    return None if settings.concurrency == "auto" else int(settings.concurrency)
-
-
 def describe_start(settings: WorkerSettings, cpu: CpuInfo, capacity: int, name: str) -> str:
     quota = "none" if cpu.quota is None else f"{cpu.quota:g}"
     how = "auto" if settings.concurrency == "auto" else "explicit"
@@ -374,27 +257,36 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
-def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
-    from rq.serializers import JSONSerializer
+# Settings ``run`` and ``main`` read themselves; every other one is a constructor's parameter.
+READ_BY_CLI = frozenset(
+    {"redis_url", "strategy", "burst", "log_level", "metrics_port", "metrics_address", "redis_wait"}
+)
 
+
+def build(target: Callable[..., T], values: Mapping[str, Any], /, **given: Any) -> T:
+    """``target(...)`` with the settings its signature names (arq's ``get_kwargs``), ``given`` on top.
+
+    ``values``: :meth:`WorkerSettings.parameters`. What only the running worker knows (the
+    connection, the strategy, the CPUs) is ``given``. tests/test_settings_cli.py checks that
+    every setting reaches one of the constructors, so a renamed parameter fails a test instead
+    of silently leaving its setting at the default.
+    """
+    names = inspect.signature(target).parameters
+    return target(**{k: v for k, v in values.items() if k in names and k not in given}, **given)
+
+
+def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
     from worker.hooks import HookChain
-    from worker.pool_worker import PoolWorker, install_rq_fast_paths
+    from worker.pool_worker import PoolWorker
+    from worker.rqcompat import install_rq_fast_paths
     from worker.strategies import STRATEGIES, StrategyConfig
 
     limit_malloc_arenas()
     skip_resource_tracker()
     install_rq_fast_paths()
     cpu = detect_cpus()
-    config = StrategyConfig(
-        available_cpus=cpu.available,
-        concurrency=resolve_concurrency(settings),
-        threads_per_cpu=settings.threads_per_cpu,
-        max_jobs_per_child=settings.max_jobs_per_child,
-        max_child_memory_mb=settings.max_child_memory_mb,
-        processes=settings.processes or None,
-        threads_per_process=settings.threads_per_process or None,
-        allowed_functions=tuple(settings.allowed_patterns),
-    )
+    values = settings.parameters()
+    config = build(StrategyConfig, values, available_cpus=cpu.available)
     hooks = HookChain(extra_hooks or [])
     strategy = STRATEGIES[settings.strategy](config, hooks)
     if strategy.capacity > MAX_SLOTS:  # auto-sizing: CPUs x WORKER_THREADS_PER_CPU can exceed it
@@ -408,14 +300,8 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
     if settings.metrics_port:
         from worker.metrics import Metrics
 
-        metrics = Metrics(
-            strategy.name,
-            strategy.capacity,
-            cpu.available,
-            settings.queue_names,
-            settings.allowed_patterns,
-            settings.metrics_sample_interval_seconds,
-            max_function_labels=settings.max_function_labels,
+        metrics = build(
+            Metrics, values, strategy=strategy.name, capacity=strategy.capacity, available_cpus=cpu.available
         )
         try:
             metrics.serve(settings.metrics_address, settings.metrics_port)
@@ -428,28 +314,7 @@ def run(settings: WorkerSettings, extra_hooks: list[Any] | None = None) -> int:
         hooks.hooks.append(metrics)
     wait_for_redis(settings.redis_url, settings.redis_wait)
     conn = connect(settings.redis_url)
-    name = settings.name or f"{socket.gethostname()}.{__import__('os').getpid()}"
-    serializer: Any = JSONSerializer if settings.serializer == "json" else None
-    worker = PoolWorker(
-        settings.queue_names,
-        conn,
-        strategy,
-        name=name,
-        serializer=serializer,
-        allowed_functions=settings.allowed_patterns,
-        webhook_hosts=settings.webhook_host_list,
-        cpu_info=cpu,
-        hooks=hooks,
-        default_result_ttl=settings.result_ttl_seconds,
-        default_job_timeout=settings.job_timeout_seconds,
-        heartbeat_interval=settings.heartbeat_interval_seconds,
-        worker_ttl=settings.worker_ttl_seconds,
-        maintenance_interval=settings.maintenance_interval_seconds,
-        shutdown_timeout=settings.shutdown_timeout,
-        max_redeliveries=settings.max_redeliveries,
-        recovery_interval=settings.recovery_interval_seconds,
-        max_job_bytes=settings.max_job_bytes,
-    )
-    log.info("%s", describe_start(settings, cpu, strategy.capacity, name))
+    worker = build(PoolWorker, values, connection=conn, strategy=strategy, cpu_info=cpu, hooks=hooks)
+    log.info("%s", describe_start(settings, cpu, strategy.capacity, values["name"]))
     worker.work(burst=settings.burst)
     return 0

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker import defaults
 from worker.config_values import ascii_int, check_redis_url, finite_float
+from worker.flags import SettingInfo, describe, setting, settings_of
 from worker.redact import redact_url, scrub
 
 # Upper bounds of the settings that had none (inf or a huge value started a worker that then
@@ -34,52 +35,175 @@ TTL_MARGIN_SECONDS = 1.0
 
 
 class WorkerSettings(BaseSettings):
+    """Every setting of the worker, once: its flag, help and environment variable are generated
+    from the field (worker/flags.py), and it reaches the worker's constructors by parameter name
+    (:meth:`parameters`)."""
+
     model_config = SettingsConfigDict(
         env_prefix="WORKER_", extra="ignore", frozen=True, populate_by_name=True, allow_inf_nan=False
     )
 
-    redis_url: str = Field(defaults.REDIS_URL, validation_alias=AliasChoices("REDIS_URL", "WORKER_REDIS_URL"))
-    strategy: Literal["thread", "process", "inline", "hybrid", "auto"] = defaults.STRATEGY  # type: ignore[assignment]
-    concurrency: str = defaults.CONCURRENCY
-    queues: str = ",".join(defaults.QUEUES)
-    name: str | None = None
-    burst: bool = False
-    serializer: Literal["json", "pickle"] = defaults.SERIALIZER  # type: ignore[assignment]
-    allowed_functions: str = ",".join(defaults.ALLOWED_FUNCTIONS)
-    webhook_hosts: str = ",".join(defaults.WEBHOOK_HOSTS)
-    threads_per_cpu: int = Field(defaults.THREADS_PER_CPU, ge=1, le=1024)
-    processes: int = Field(defaults.PROCESSES, ge=0, le=1024)
-    threads_per_process: int = Field(defaults.THREADS_PER_PROCESS, ge=0, le=1024)
-    job_timeout_seconds: int = Field(defaults.JOB_TIMEOUT_SECONDS, ge=1, le=MAX_JOB_TIMEOUT_SECONDS)
-    result_ttl_seconds: int = Field(defaults.RESULT_TTL_SECONDS, ge=-1, le=MAX_RESULT_TTL_SECONDS)
-    heartbeat_interval_seconds: float = Field(defaults.HEARTBEAT_INTERVAL_SECONDS, ge=0.1, le=300)
+    redis_url: str = setting(
+        defaults.REDIS_URL, "Redis to use", metavar="URL", short="-u", env=("REDIS_URL", "WORKER_REDIS_URL")
+    )
+    strategy: str = setting(defaults.STRATEGY, "how jobs run; see strategies below", choices=defaults.STRATEGIES)
+    concurrency: str = setting(defaults.CONCURRENCY, "jobs run at once: auto or a number", metavar="auto|N")
+    queues: str = setting(
+        ",".join(defaults.QUEUES), "queues to consume, comma-separated, in priority order", metavar="A,B", short="-q"
+    )
+    name: str | None = setting(None, "worker name in Redis", shown="<hostname>.<pid>", metavar="NAME", short="-n")
+    burst: bool = setting(False, "exit 0 once the queues are empty and no job runs", short="-b")
+    serializer: Literal["json", "pickle"] = setting(
+        defaults.SERIALIZER, "job payload format (pickle can run code when a payload is read)"
+    )
+    allowed_functions: str = setting(
+        ",".join(defaults.ALLOWED_FUNCTIONS),
+        "functions (and callbacks) jobs may name, comma-separated globs; '*', '?' and '[...]' match within ONE "
+        "dotted segment (myapp.tasks.* admits myapp.tasks.run, not myapp.tasks.os.system), and the function "
+        "must be defined in the module its name gives",
+        metavar="GLOBS",
+    )
+    webhook_hosts: str = setting(
+        ",".join(defaults.WEBHOOK_HOSTS),
+        "hosts (host: default port, or host:port) jobs' RQ webhooks may be sent to, comma-separated",
+        meaning="no webhooks are sent",
+        metavar="HOSTS",
+    )
+    threads_per_cpu: int = setting(
+        defaults.THREADS_PER_CPU, "thread pool size per CPU with --concurrency auto", metavar="N", ge=1, le=1024
+    )
+    processes: int = setting(
+        defaults.PROCESSES,
+        "hybrid and auto: child processes",
+        meaning="one per available CPU",
+        metavar="N",
+        ge=0,
+        le=1024,
+    )
+    threads_per_process: int = setting(
+        defaults.THREADS_PER_PROCESS,
+        "hybrid: threads in each child process",
+        meaning="WORKER_THREADS_PER_CPU",
+        metavar="N",
+        ge=0,
+        le=1024,
+    )
+    job_timeout_seconds: int = setting(
+        defaults.JOB_TIMEOUT_SECONDS,
+        "timeout of jobs that carry none, seconds",
+        metavar="S",
+        param="default_job_timeout",
+        ge=1,
+        le=MAX_JOB_TIMEOUT_SECONDS,
+    )
+    result_ttl_seconds: int = setting(
+        defaults.RESULT_TTL_SECONDS,
+        "how long results are kept, seconds",
+        metavar="S",
+        param="default_result_ttl",
+        ge=-1,
+        le=MAX_RESULT_TTL_SECONDS,
+    )
+    heartbeat_interval_seconds: float = setting(
+        defaults.HEARTBEAT_INTERVAL_SECONDS,
+        "worker/execution heartbeat period, seconds",
+        param="heartbeat_interval",
+        flag=False,
+        ge=0.1,
+        le=300,
+    )
     # After heartbeat_interval_seconds: its validator compares the two.
-    worker_ttl_seconds: int = Field(defaults.WORKER_TTL_SECONDS, ge=3, le=3600)
-    maintenance_interval_seconds: float = Field(defaults.MAINTENANCE_INTERVAL_SECONDS, ge=1, le=DAY_SECONDS)
-    shutdown_timeout: float = Field(
+    worker_ttl_seconds: int = setting(
+        defaults.WORKER_TTL_SECONDS,
+        "a worker silent this long (seconds) is taken for dead",
+        param="worker_ttl",
+        flag=False,
+        ge=3,
+        le=3600,
+    )
+    maintenance_interval_seconds: float = setting(
+        defaults.MAINTENANCE_INTERVAL_SECONDS,
+        "RQ registry clean-up period, seconds",
+        param="maintenance_interval",
+        flag=False,
+        ge=1,
+        le=DAY_SECONDS,
+    )
+    shutdown_timeout: float = setting(
         defaults.SHUTDOWN_TIMEOUT_SECONDS,
+        "on SIGTERM, seconds running jobs get before being re-queued",
+        metavar="S",
+        env=("WORKER_SHUTDOWN_TIMEOUT", "WORKER_SHUTDOWN_TIMEOUT_SECONDS"),
         ge=0,
         le=MAX_WAIT_SECONDS,
-        validation_alias=AliasChoices("WORKER_SHUTDOWN_TIMEOUT", "WORKER_SHUTDOWN_TIMEOUT_SECONDS"),
     )
-    redis_wait: float = Field(
+    redis_wait: float = setting(
         defaults.REDIS_WAIT_SECONDS,
+        "seconds to wait for Redis at start, then exit 1; 0 waits forever",
+        metavar="S",
+        env=("WORKER_REDIS_WAIT", "WORKER_REDIS_WAIT_SECONDS"),
         ge=0,
         le=MAX_WAIT_SECONDS,
-        validation_alias=AliasChoices("WORKER_REDIS_WAIT", "WORKER_REDIS_WAIT_SECONDS"),
     )
-    max_jobs_per_child: int = Field(defaults.MAX_JOBS_PER_CHILD, ge=0, le=MAX_JOBS_PER_CHILD)
-    max_child_memory_mb: float = Field(defaults.MAX_CHILD_MEMORY_MB, ge=0, le=MAX_CHILD_MEMORY_MB)
-    max_redeliveries: int = Field(defaults.MAX_REDELIVERIES, ge=0, le=MAX_REDELIVERIES)
-    max_job_bytes: int = Field(defaults.MAX_JOB_BYTES, ge=1024, le=1024**3)
-    recovery_interval_seconds: float = Field(defaults.RECOVERY_INTERVAL_SECONDS, ge=0.1, le=MAX_INTERVAL_SECONDS)
-    metrics_port: int = Field(defaults.METRICS_PORT, ge=0, le=65535)
-    metrics_address: str = defaults.METRICS_ADDRESS
-    metrics_sample_interval_seconds: float = Field(
-        defaults.METRICS_SAMPLE_INTERVAL_SECONDS, ge=0.05, le=MAX_INTERVAL_SECONDS
+    max_jobs_per_child: int = setting(
+        defaults.MAX_JOBS_PER_CHILD,
+        "process and hybrid strategies, auto's process pool: replace a child after N jobs",
+        meaning="never",
+        metavar="N",
+        ge=0,
+        le=MAX_JOBS_PER_CHILD,
     )
-    max_function_labels: int = Field(defaults.MAX_FUNCTION_LABELS, ge=1, le=100_000)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = defaults.LOG_LEVEL  # type: ignore[assignment]
+    max_child_memory_mb: float = setting(
+        defaults.MAX_CHILD_MEMORY_MB,
+        "process and hybrid strategies, auto's process pool: replace a child whose RSS exceeds MB after its job",
+        meaning="off",
+        metavar="MB",
+        ge=0,
+        le=MAX_CHILD_MEMORY_MB,
+    )
+    max_redeliveries: int = setting(
+        defaults.MAX_REDELIVERIES,
+        "times a job of a dead worker is re-queued before it fails as abandoned",
+        metavar="N",
+        ge=0,
+        le=MAX_REDELIVERIES,
+    )
+    max_job_bytes: int = setting(
+        defaults.MAX_JOB_BYTES,
+        "most bytes of a job hash and of its inflated payload; a larger job fails unread",
+        meaning="4 MiB",
+        metavar="N",
+        ge=1024,
+        le=1024**3,
+    )
+    recovery_interval_seconds: float = setting(
+        defaults.RECOVERY_INTERVAL_SECONDS,
+        "how often (seconds) workers look for dead workers' jobs",
+        param="recovery_interval",
+        flag=False,
+        ge=0.1,
+        le=MAX_INTERVAL_SECONDS,
+    )
+    metrics_port: int = setting(
+        defaults.METRICS_PORT, "Prometheus /metrics port, 0 disables", metavar="PORT", ge=0, le=65535
+    )
+    metrics_address: str = setting(defaults.METRICS_ADDRESS, "address /metrics binds to", metavar="ADDR")
+    metrics_sample_interval_seconds: float = setting(
+        defaults.METRICS_SAMPLE_INTERVAL_SECONDS,
+        "process-tree and queue sampling period, seconds",
+        param="sample_interval",
+        flag=False,
+        ge=0.05,
+        le=MAX_INTERVAL_SECONDS,
+    )
+    max_function_labels: int = setting(
+        defaults.MAX_FUNCTION_LABELS,
+        "distinct 'function' label values in the metrics; further functions count as 'other'",
+        metavar="N",
+        ge=1,
+        le=100_000,
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(defaults.LOG_LEVEL, "log level")
 
     @field_validator("*", mode="before")
     @classmethod
@@ -91,6 +215,13 @@ class WorkerSettings(BaseSettings):
             return ascii_int(v)
         if kind is float:
             return finite_float(v)
+        return v
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if v not in defaults.STRATEGIES:
+            raise ValueError(f"must be one of {', '.join(defaults.STRATEGIES)}")
         return v
 
     @field_validator("concurrency")
@@ -201,16 +332,45 @@ class WorkerSettings(BaseSettings):
     def webhook_host_list(self) -> list[str]:
         return self.webhook_hosts.split(",") if self.webhook_hosts else []
 
+    def parameters(self) -> dict[str, Any]:
+        """Every setting under the name of the constructor parameter it feeds, as that parameter takes it.
 
-ENV_NAMES = {
-    "redis_url": "REDIS_URL",
-    "shutdown_timeout": "WORKER_SHUTDOWN_TIMEOUT",
-    "redis_wait": "WORKER_REDIS_WAIT",
-}
+        ``PoolWorker``, ``StrategyConfig`` and ``Metrics`` take what their signatures name
+        (worker/cli.py ``build``: arq's ``get_kwargs``); a field's ``param=`` gives the name when
+        it differs. Values whose form differs from the setting's text are converted here, once:
+        lists, 0 meaning "from the CPUs", the serializer's class, the default worker name.
+        """
+        import os
+        import socket
+
+        values = {s.param: getattr(self, s.name) for s in settings_of(type(self))}
+        values.update(
+            queues=self.queue_names,
+            allowed_functions=tuple(self.allowed_patterns),
+            webhook_hosts=self.webhook_host_list,
+            concurrency=None if self.concurrency == "auto" else int(self.concurrency),
+            processes=self.processes or None,
+            threads_per_process=self.threads_per_process or None,
+            serializer=_serializer(self.serializer),
+            name=self.name or f"{socket.gethostname()}.{os.getpid()}",
+        )
+        return values
+
+
+def _serializer(name: str) -> Any:
+    """RQ's serializer for ``WORKER_SERIALIZER``: its JSON one, or None (RQ's default, pickle)."""
+    from rq.serializers import JSONSerializer
+
+    return JSONSerializer if name == "json" else None
+
+
+def info(field: str) -> SettingInfo:
+    """How ``field`` of :class:`WorkerSettings` is named and documented (flag, env, default)."""
+    return describe(WorkerSettings, field)
 
 
 def env_name(field: str) -> str:
-    return ENV_NAMES.get(field, "WORKER_" + field.upper())
+    return info(field).env
 
 
 # How much of an invalid value the error line repeats.
@@ -233,8 +393,9 @@ def describe_error(exc: ValidationError, secret_urls: tuple[str, ...] = ()) -> s
     """
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else "?"
-    name = field if field in ENV_NAMES.values() or field.startswith("WORKER_") else env_name(field)
-    flag = "--" + field.replace("_", "-") if not field.isupper() else ""
+    known = WorkerSettings.model_fields.get(field)
+    name = env_name(field) if known else field  # a field's name, or the variable it came from
+    flag = info(field).option if known and info(field).flag else ""
     value = shown_value(field, err.get("input"))
     where = f"{name} / {flag}" if flag else name
     msg = str(err["msg"]).removeprefix("Value error, ")
