@@ -1,6 +1,6 @@
 """The worker's shortcuts around RQ give RQ's results: timestamps, serializers, function lookup.
 
-``install_rq_fast_paths`` (worker/pool_worker.py) replaces three RQ helpers in the worker
+``install_rq_fast_paths`` (worker/rqcompat.py) replaces three RQ helpers in the worker
 process; ``worker.allowlist.Allowlist.resolve`` replaces RQ's ``import_attribute`` (in pool
 children and in the worker). These tests compare them with RQ's own functions. (The lifecycle writes themselves are
 checked end to end, with stock RQ reading them back, in tests/test_core.py.)
@@ -20,7 +20,7 @@ import rq.utils
 from rq.serializers import JSONSerializer
 
 from worker.allowlist import Allowlist
-from worker.pool_worker import install_rq_fast_paths
+from worker.rqcompat import install_rq_fast_paths
 
 NAMES = ("resolve_serializer", "utcparse", "utcformat")
 
@@ -113,9 +113,9 @@ def test_prepare_resent_after_a_lost_reply_is_a_no_op(redis: Any) -> None:
     writes its execution; a resend of the same writes (the reply was lost, the worker retries)
     answers 1 and writes nothing twice; a different execution (a recovery took the job meanwhile)
     is refused. Without the second rule a lost reply left the job started but never run."""
-    from worker.pool_worker import _APPLY_LUA
+    from worker.lifecycle.scripts import APPLY_LUA
 
-    script = redis.register_script(_APPLY_LUA)
+    script = redis.register_script(APPLY_LUA)
     redis.rpush("rq:intermediate:q", "job-1")
 
     def argv(execution_key: str) -> list[Any]:

@@ -29,11 +29,10 @@ from rq.job import Job, JobStatus
 from worker.allowlist import Allowlist, mark_resolved
 from worker.callbacks import bounded
 from worker.errors import FunctionNotAllowed
+from worker.rqcompat import CALLBACK_KINDS, callback_name, callback_timeout
 from worker.webhooks import WebhookHosts
 
 log = logging.getLogger("worker.jobs")
-
-CALLBACK_KINDS = ("success", "failure", "stopped")
 
 
 class GuardedJob(Job):
@@ -58,11 +57,11 @@ class GuardedJob(Job):
     def check_admissible(self) -> None:
         """Refuse, by name alone (nothing is imported), a job the worker must not run: its
         function or a callback outside the allowlist, or a bound-method (``instance``) job."""
-        callbacks = [k for k in CALLBACK_KINDS if getattr(self, f"_{k}_callback_name", None)]
+        callbacks = [k for k in CALLBACK_KINDS if callback_name(self, k)]
         try:
             self.allowlist.check(self.func_name)
             for kind in callbacks:
-                self.allowlist.check(getattr(self, f"_{kind}_callback_name"), f"{kind} callback")
+                self.allowlist.check(callback_name(self, kind), f"{kind} callback")
         except FunctionNotAllowed as e:
             raise self.refuse(str(e)) from None
         if self.instance is not None:
@@ -107,7 +106,7 @@ class GuardedJob(Job):
         cache: dict[str, Callable[..., Any]] = self.__dict__.setdefault("_poolq_callbacks", {})
         if kind in cache:
             return cache[kind]
-        name = getattr(self, f"_{kind}_callback_name", None)
+        name = callback_name(self, kind)
         if not name or not self._admitted():
             return None
         try:
@@ -115,7 +114,7 @@ class GuardedJob(Job):
         except FunctionNotAllowed as e:
             self.poolq_refused = str(e)
             raise
-        cache[kind] = bounded(func, getattr(self, f"_{kind}_callback_timeout", None), kind)
+        cache[kind] = bounded(func, callback_timeout(self, kind), kind)
         return cache[kind]
 
     @property

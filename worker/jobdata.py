@@ -34,7 +34,7 @@ import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from worker import defaults
+from worker import defaults, rqcompat
 from worker.errors import JobTooLarge, MalformedJob, WrongTypeKey
 
 log = logging.getLogger("worker.jobdata")
@@ -109,17 +109,8 @@ def harden_rq_reads(limit: int) -> None:
 
     Idempotent; the last call's limit wins (one worker per process).
     """
-    import rq.job
-    import rq.results
-    import rq.scheduler
-
-    for module in (rq.job, rq.results):
-        current = module.__dict__.get("zlib")
-        if isinstance(current, _CappedZlib):
-            current.limit = limit
-        else:
-            module.zlib = _CappedZlib(limit)  # type: ignore[attr-defined]
-    rq.scheduler.__dict__["Job"] = bounded_job_class(Job, limit)
+    rqcompat.replace_zlib(_CappedZlib(limit), _CappedZlib)
+    rqcompat.replace_scheduler_job_class(bounded_job_class(Job, limit))
 
 
 def hash_size(fields: Mapping[Any, Any]) -> int:
@@ -164,7 +155,7 @@ def check_fields(job: Job) -> None:
             raise MalformedJob(
                 f"{name} must be a non-empty list of seconds from 0 to {MAX_TTL_SECONDS}, not {_short(intervals)}"
             )
-    deps = job._dependency_ids
+    deps = rqcompat.dependency_ids(job)
     if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
         raise MalformedJob(f"dependency_ids must be a list of job ids, not {_short(deps)}")
     for name in ("retries_left", "number_of_retries", "repeats_left"):

@@ -4,7 +4,7 @@ What is measured where (see docs/metrics.md for every metric and the PromQL to r
 
 - job counters and histograms: in :meth:`Metrics.on_job_end`, on the job's own thread. That
   path runs thousands of times a second, so it takes one lock for a dict look-up and three
-  ``bisect`` calls (:class:`JobStats`): no Redis, no psutil, no label formatting;
+  ``bisect`` calls (worker/jobstats.py): no Redis, no psutil, no label formatting;
 - jobs in progress, pool size, busy-slot ratio: read from the worker when Prometheus scrapes;
 - process-tree memory/CPU and the queue/registry sizes: on a sampler thread every
   ``WORKER_METRICS_SAMPLE_INTERVAL_SECONDS``; a scrape returns the last sample and costs no
@@ -21,19 +21,18 @@ import logging
 import platform
 import re
 import threading
-from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Info, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from worker import __version__, defaults, events
 from worker.allowlist import was_resolved
 from worker.events import END_STATUSES, RECOVERY_OUTCOMES, REPLACE_REASONS, UNTIMED_STATUSES
 from worker.hooks import Hooks, WorkerView
+from worker.jobstats import JobStats
 from worker.proctree import MEMORY_KINDS, ROLES, ProcessTree, TreeSample
 
 if TYPE_CHECKING:
@@ -41,101 +40,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker.metrics")
 
-# 1 ms .. 10 min: noop jobs (queue overhead) to the longest reasonable batch job.
-BUCKETS_SECONDS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-)  # fmt: skip
 STATUSES = END_STATUSES
 QUEUE_STATES = ("queued", "started", "scheduled", "deferred", "finished", "failed")
 KNOWN_EVENTS = tuple(e.name for e in events.EVENTS)
 OTHER = "other"
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _MAX_EVENT_NAMES = 32
-
-
-class JobStats(Collector):
-    """The job counter and the three job histograms, kept in plain lists under one lock.
-
-    prometheus-client's ``Counter``/``Histogram`` take a lock per value: one ended job would
-    cost 1 + 3 x 2 lock round trips and a linear bucket scan (~6-8 us). Here it is one lock, a
-    dict look-up and three ``bisect`` calls (~1-2 us); the exposition is built at scrape time.
-    """
-
-    HISTOGRAMS = (
-        ("poolq_job_run_seconds", "Time a job ran in this worker (started -> ended)."),
-        ("poolq_job_wait_seconds", "Time a job waited in its queue (enqueued_at -> started_at)."),
-        ("poolq_job_total_seconds", "End-to-end time of a job execution (enqueued_at -> ended)."),
-    )
-
-    def __init__(self, strategy: str, buckets: Sequence[float] = BUCKETS_SECONDS) -> None:
-        self.strategy = strategy
-        self.bounds = sorted(buckets)
-        self.lock = threading.Lock()
-        # (pool, queue, function, status) -> executions ended
-        self.ended: dict[tuple[str, str, str, str], int] = {}
-        # (pool, queue, function) -> one list per histogram: a count per bucket (+Inf last), then the sum
-        self.timings: dict[tuple[str, str, str], tuple[list[float], list[float], list[float]]] = {}
-
-    def record(
-        self,
-        queue: str,
-        function: str,
-        status: str,
-        run: float | None,
-        wait: float | None,
-        total: float | None,
-        pool: str | None = None,
-    ) -> None:
-        bounds = self.bounds
-        pool = pool or self.strategy
-        key = (pool, queue, function, status)
-        with self.lock:
-            ended = self.ended
-            ended[key] = ended.get(key, 0) + 1
-            if run is None:
-                return
-            hists = self.timings.get((pool, queue, function))
-            if hists is None:
-                n = len(bounds) + 2
-                hists = self.timings[pool, queue, function] = ([0.0] * n, [0.0] * n, [0.0] * n)
-            h = hists[0]
-            h[bisect_left(bounds, run)] += 1
-            h[-1] += run
-            if wait is not None:
-                h = hists[1]
-                h[bisect_left(bounds, wait)] += 1
-                h[-1] += wait
-            if total is not None:
-                h = hists[2]
-                h[bisect_left(bounds, total)] += 1
-                h[-1] += total
-
-    def collect(self) -> Iterable[Metric]:
-        with self.lock:
-            ended = dict(self.ended)
-            timings = {k: tuple(list(h) for h in v) for k, v in self.timings.items()}
-        s = self.strategy
-        c = CounterMetricFamily(
-            "poolq_jobs_ended",
-            "Job executions ended, by pool that ran them (a sub-pool for auto), queue, function "
-            "(allowlisted name or 'other') and status.",
-            labels=["strategy", "pool", "queue", "function", "status"],
-        )
-        for (pool, queue, function, status), n in sorted(ended.items()):
-            c.add_metric([s, pool, queue, function, status], n)
-        yield c
-        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-        for i, (name, doc) in enumerate(self.HISTOGRAMS):
-            fam = HistogramMetricFamily(name, doc, labels=["strategy", "pool", "queue", "function"], unit="seconds")
-            for (pool, queue, function), hists in sorted(timings.items()):
-                h = hists[i]
-                cumulative, acc = [], 0.0
-                for le, count in zip(les, h[:-1], strict=True):
-                    acc += count
-                    cumulative.append((le, acc))
-                fam.add_metric([s, pool, queue, function], cumulative, h[-1])
-            yield fam
 
 
 class _Live(Collector):
@@ -469,19 +379,13 @@ class Metrics(Hooks):
         if worker is None:
             return {}
         keys: list[tuple[str, str, str]] = []
-        for q in worker.queues:
+        for q in worker.queues:  # QUEUE_STATES: the list, then each registry (a sorted set)
             keys.append((q.name, "queued", q.key))
-            keys.append((q.name, "started", q.started_job_registry.key))
-            keys.append((q.name, "scheduled", q.scheduled_job_registry.key))
-            keys.append((q.name, "deferred", q.deferred_job_registry.key))
-            keys.append((q.name, "finished", q.finished_job_registry.key))
-            keys.append((q.name, "failed", q.failed_job_registry.key))
+            for state in QUEUE_STATES[1:]:
+                keys.append((q.name, state, getattr(q, f"{state}_job_registry").key))
         with worker.connection.pipeline(transaction=False) as p:
             for _, state, key in keys:
-                if state == "queued":
-                    p.llen(key)
-                else:
-                    p.zcard(key)
+                p.llen(key) if state == "queued" else p.zcard(key)
             values = p.execute(raise_on_error=False)
         # A key of the wrong type (someone SET the queue to a string) loses only its own figure.
         return {
@@ -489,6 +393,3 @@ class Metrics(Hooks):
             for (name, state, _), v in zip(keys, values, strict=True)
             if not isinstance(v, Exception)
         }
-
-
-MetricsHooks = Metrics

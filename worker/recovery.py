@@ -21,6 +21,7 @@ it reads are taken for what they are (unreadable: that worker is dead).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -34,6 +35,7 @@ from rq.job import Job
 from rq.results import Result
 from rq.utils import utcformat, utcparse
 
+from worker import rqcompat
 from worker.callbacks import CallbackDeadline
 from worker.errors import AbandonedJob, MalformedJob, WrongTypeKey
 from worker.quarantine import Throttle, printable, refuse, valid_id
@@ -151,6 +153,22 @@ def _decode(v: Any) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
+def pid_exists(pid: int) -> bool:
+    """Whether a process of this pid runs on this host (an earlier life of a worker of the same name).
+
+    ``psutil.pid_exists`` without importing psutil into every worker (metrics import it).
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def dead_workers(conn: redis.Redis[bytes], names: Iterable[str], now: float | None = None) -> set[str]:
     """Which of ``names`` are dead: no hash, marked dead, or a poolq heartbeat past its TTL.
 
@@ -164,7 +182,7 @@ def dead_workers(conn: redis.Redis[bytes], names: Iterable[str], now: float | No
     now = time.time() if now is None else now
     with conn.pipeline(transaction=False) as p:
         for n in names:
-            p.hmget(f"rq:worker:{n}", ["last_heartbeat", "death", WORKER_TTL_FIELD])
+            p.hmget(rqcompat.worker_key(n), ["last_heartbeat", "death", WORKER_TTL_FIELD])
         rows = p.execute(raise_on_error=False)
     dead = set()
     for name, row in zip(names, rows, strict=True):
@@ -256,7 +274,7 @@ class Recovery:
             members.append(raw.decode())
         with self.conn.pipeline(transaction=False) as p:
             for m in members:
-                p.hget(f"rq:execution:{m}", "worker_name")
+                p.hget(rqcompat.execution_key(m), "worker_name")
             owners = [None if w is None or isinstance(w, Exception) else _decode(w) for w in p.execute(False)]
         dead = dead_workers(self.conn, [w for w in owners if w])
         now = time.time()
@@ -268,9 +286,9 @@ class Recovery:
                 registry.key,
                 queue.key,
                 Job.key_for(job_id),
-                f"rq:execution:{member}",
-                f"rq:worker:{owner}:executions",
-                f"rq:executions:{job_id}",
+                rqcompat.execution_key(member),
+                rqcompat.worker_executions_key(str(owner)),
+                rqcompat.job_executions_key(job_id),
                 queue.failed_job_registry.key,
                 queue.intermediate_queue_key,
             ]
