@@ -8,7 +8,7 @@ file, ``touch_sentinel`` creates one), so a test can count executions across pro
 across worker restarts without trusting the worker's own bookkeeping.
 
 Records (``started``/``ended``/``pid``) have the shape of ``worker.jobs`` records, so
-``tests.helpers.overlap`` works on them.
+``support.rq_jobs.overlap`` works on them.
 """
 
 from __future__ import annotations
@@ -160,3 +160,15 @@ def touch_sentinel(path: str) -> str:
 def record_failure(job: Any, connection: Any, exc_type: type, exc_value: BaseException, tb: Any) -> None:
     """An RQ failure callback: records which error it was called with, in ``cb:<job id>:failure``."""
     connection.set(f"cb:{job.id}:failure", f"{exc_type.__name__}: {exc_value}")
+
+
+def count_and_fail(redis_url: str, key: str, message: str = "counted failure") -> None:
+    """Counts one execution in Redis, then raises: how many times did a retried job run?"""
+    import redis  # here: the other jobs of this module run in pool children that need no redis-py
+
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        conn.incr(key)
+    finally:
+        conn.close()
+    raise RuntimeError(message)

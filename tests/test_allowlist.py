@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import rq.utils
-from helpers import REPO_ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.base import REPO_ROOT
 
 from worker import allowlist as allowlist_mod
 from worker.allowlist import Allowlist, check_allowed, split_pattern

@@ -29,13 +29,8 @@ from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
-
-try:
-    from tests import helpers
-    from tests import reliability_helpers as rh
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    import helpers  # type: ignore[no-redef]
-    import reliability_helpers as rh  # type: ignore[no-redef]
+from support.rq_jobs import executions, outcome
+from support.workers import ALLOW_ARGS, kill9_group, settings_env, start_worker, stop, wait_registered
 
 JOBS = 2000
 JOB_SECONDS = 0.1  # each job sleeps this long after recording its execution
@@ -47,7 +42,7 @@ FINAL_DEADLINE_SECONDS = 60.0  # the last, undisturbed worker must end every job
 # more than 3 times". A job caught by a third kill fails as abandoned (failed, with a reason).
 MAX_REDELIVERIES = 2
 # Fast failure detection so that jobs of killed workers come back while the chaos goes on.
-ENV = rh.worker_env(
+ENV = settings_env(
     worker_ttl_seconds=3, heartbeat_interval_seconds=1, recovery_interval_seconds=0.5, max_redeliveries=MAX_REDELIVERIES
 )
 
@@ -87,11 +82,11 @@ def test_chaos_kill9_at_random_intervals_loses_no_job(redis_url: str, redis: Red
     strategies = ("thread", "process", "hybrid", "auto")
     while time.monotonic() - t0 < CHAOS_BUDGET_SECONDS and kills < MAX_KILLS:
         strategy = strategies[kills % len(strategies)]
-        worker = helpers.start_worker(redis_url, strategy, CONCURRENCY, extra_args=rh.ALLOW_ARGS, env=ENV)
+        worker = start_worker(redis_url, strategy, CONCURRENCY, extra_args=ALLOW_ARGS, env=ENV)
         life = rng.uniform(1.0, 3.0)
         time.sleep(life)
         assert worker.poll() is None, f"worker exited by itself: {worker.describe()}"
-        rh.kill9_group(worker)
+        kill9_group(worker)
         kills += 1
         lifetimes.append(life)
         if _ended(conn, ids) == JOBS:
@@ -99,14 +94,14 @@ def test_chaos_kill9_at_random_intervals_loses_no_job(redis_url: str, redis: Red
     chaos_seconds = time.monotonic() - t0
     ended_in_chaos = _ended(conn, ids)
 
-    final = helpers.start_worker(redis_url, "thread", CONCURRENCY, extra_args=rh.ALLOW_ARGS, env=ENV)
-    helpers.wait_registered(conn, final)
+    final = start_worker(redis_url, "thread", CONCURRENCY, extra_args=ALLOW_ARGS, env=ENV)
+    wait_registered(conn, final)
     deadline = time.monotonic() + FINAL_DEADLINE_SECONDS
     while _ended(conn, ids) < JOBS and time.monotonic() < deadline:
         assert final.poll() is None, final.describe()
         time.sleep(0.5)
     total_seconds = time.monotonic() - t0
-    assert helpers.stop(final, timeout=30) == 0, final.describe()
+    assert stop(final, timeout=30) == 0, final.describe()
 
     statuses = dict(zip(ids, _statuses(conn, ids), strict=True))
     counts = Counter(statuses.values())
@@ -115,18 +110,18 @@ def test_chaos_kill9_at_random_intervals_loses_no_job(redis_url: str, redis: Red
     failed_without_reason = []
     for i, s in statuses.items():
         if s == "failed":
-            o = rh.outcome(conn, i)
+            o = outcome(conn, i)
             if not o.exc_string.strip() or i not in failed_registry:
                 failed_without_reason.append(i)
     lost = [i for i, s in statuses.items() if s not in ("finished", "failed")]
-    execs = rh.executions(runs)
+    execs = executions(runs)
     per_job = Counter(execs[i] for i in ids)
     never_ran_but_finished = [i for i, s in statuses.items() if s == "finished" and execs[i] == 0]
     ran_twice = sum(n for k, n in per_job.items() if k == 2)
     more = sum(n for k, n in per_job.items() if k > 2)
     max_exec = max(execs[i] for i in ids)
     reasons = Counter(
-        rh.outcome(conn, i).exc_string.strip().splitlines()[-1][:100] for i, s in statuses.items() if s == "failed"
+        outcome(conn, i).exc_string.strip().splitlines()[-1][:100] for i, s in statuses.items() if s == "failed"
     )
 
     print(

@@ -16,11 +16,12 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import docker_helpers
 import pytest
+from support import docker_engine
+from support.base import free_port
 
-ROOT = docker_helpers.ROOT
-SANDBOX = docker_helpers.SANDBOX
+ROOT = docker_engine.ROOT
+SANDBOX = docker_engine.SANDBOX
 PROJECT = "poolq-smoke"
 # One worker service per pool strategy, each consuming the queue named after its strategy.
 WORKERS = {"worker-thread": "thread", "worker-process": "process", "worker-hybrid": "hybrid", "worker-auto": "auto"}
@@ -63,8 +64,8 @@ def test_every_worker_service_is_wired_like_the_others() -> None:
     assert sorted(sd["names"]) == sorted(WORKERS) and sd["port"] == 8000
 
 
-_engine_up = docker_helpers.engine_up
-_ensure_engine = docker_helpers.ensure_engine  # test_compose_scale.py uses it too
+_engine_up = docker_engine.engine_up
+_ensure_engine = docker_engine.ensure_engine  # test_compose_scale.py uses it too
 
 
 def compose(*args: str, env: dict[str, str], timeout: float = 900, check: bool = True) -> str:
@@ -83,7 +84,7 @@ def prom_query(port: int, expr: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
-free_port = docker_helpers.free_port
+free_port = free_port
 
 
 @pytest.fixture(scope="module")

@@ -14,35 +14,30 @@ import uuid
 from typing import Any
 
 import pytest
-from helpers import (
-    RQ_CLI,
-    assert_ok,
-    descendants,
-    enqueue_many,
-    fetch,
-    finished_records,
-    group_members,
-    json_queue,
-    overlap,
-    run_worker,
-    start_worker,
-    stop,
-    wait_for,
-    wait_registered,
-    worker_hash,
-)
 from redis import Redis
 from rq import Retry, Worker
 from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.results import Result
+from support.base import RQ_CLI, wait_for
+from support.rq_jobs import enqueue_many, fetch, finished_records, json_queue, overlap
+from support.workers import (
+    assert_ok,
+    descendants,
+    group_members,
+    run_worker,
+    start_worker,
+    stop,
+    wait_registered,
+    worker_hash,
+)
 
 STRATEGIES = ["thread", "process", "inline", "hybrid", "auto"]
 # hybrid: one child running the jobs on its threads (with 2 CPUs and concurrency 2 it would
 # otherwise be 2 children x 1 thread: the process strategy again).
 POOL_ARGS: dict[str, tuple[str, ...]] = {"hybrid": ("--processes", "1")}
-ALLOW_TESTS = ("--allowed-functions", "worker.jobs.*,tests.helpers.*")
+ALLOW_TESTS = ("--allowed-functions", "worker.jobs.*,tests.jobs.*")
 # Slack for comparing RQ's microsecond timestamps with the jobs' own time.time() records.
 EPS = 1e-3
 
@@ -129,7 +124,7 @@ def test_retry_reruns_a_failing_job(redis: Redis, redis_url: str, strategy: str)
     """``Retry(max=2)``: three executions in all (counted by the job itself), then failed."""
     q = json_queue(redis)
     key = f"test:executions:{uuid.uuid4().hex}"
-    counted = q.enqueue("tests.helpers.count_and_fail", redis_url, key, "counted", retry=Retry(max=2))
+    counted = q.enqueue("tests.jobs.count_and_fail", redis_url, key, "counted", retry=Retry(max=2))
     builtin = q.enqueue("worker.jobs.fail", message="retried builtin", retry=Retry(max=2))
 
     run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=(*ALLOW_TESTS, *POOL_ARGS.get(strategy, ()))))
@@ -151,7 +146,7 @@ def test_retry_interval_schedules_the_rerun(redis: Redis, redis_url: str) -> Non
     registry, then the worker's scheduler re-queues it and it runs a second time."""
     q = json_queue(redis)
     key = f"test:executions:{uuid.uuid4().hex}"
-    job = q.enqueue("tests.helpers.count_and_fail", redis_url, key, retry=Retry(max=1, interval=2))
+    job = q.enqueue("tests.jobs.count_and_fail", redis_url, key, retry=Retry(max=1, interval=2))
     proc = start_worker(redis_url, "thread", 2, extra_args=ALLOW_TESTS)
     wait_registered(redis, proc)
 
@@ -192,14 +187,14 @@ def test_dependent_runs_after_its_parent(redis: Redis, redis_url: str, strategy:
 def test_function_outside_the_allowlist_never_runs(redis: Redis, redis_url: str, strategy: str, tmp_path: Any) -> None:
     sentinel = tmp_path / "ran"
     q = json_queue(redis)
-    rejected = q.enqueue("tests.helpers.touch_sentinel", str(sentinel))
+    rejected = q.enqueue("tests.jobs.touch_sentinel", str(sentinel))
     getcwd = q.enqueue("os.getcwd")
     after = q.enqueue("worker.jobs.noop")
 
     run = assert_ok(run_worker(redis_url, strategy, 2, extra_args=POOL_ARGS.get(strategy, ())))
 
     failed = FailedJobRegistry(queue=q).get_job_ids()
-    for job, func in ((rejected, "tests.helpers.touch_sentinel"), (getcwd, "os.getcwd")):
+    for job, func in ((rejected, "tests.jobs.touch_sentinel"), (getcwd, "os.getcwd")):
         assert fetch(redis, job.id).get_status() == "failed", run.describe()
         assert job.id in failed
         text = _failure_text(redis, job.id)
@@ -208,7 +203,7 @@ def test_function_outside_the_allowlist_never_runs(redis: Redis, redis_url: str,
     assert fetch(redis, after.id).get_status() == "finished"
 
     # control: the same function, once allowed, does run (so the check above can fail)
-    allowed = q.enqueue("tests.helpers.touch_sentinel", str(sentinel))
+    allowed = q.enqueue("tests.jobs.touch_sentinel", str(sentinel))
     run2 = assert_ok(run_worker(redis_url, strategy, 2, extra_args=(*ALLOW_TESTS, *POOL_ARGS.get(strategy, ()))))
     assert fetch(redis, allowed.id).get_status() == "finished", run2.describe()
     assert fetch(redis, allowed.id).return_value() == str(sentinel)

@@ -14,8 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import PYTHON, REPO_ROOT, assert_ok, enqueue_many, finished_records, overlap, run_worker, worker_env
 from redis import Redis
+from support.base import PYTHON, REPO_ROOT
+from support.rq_jobs import enqueue_many, finished_records, overlap
+from support.workers import assert_ok, run_worker, worker_env
 
 from worker import defaults
 from worker.cpus import CpuInfo, detect_cpus

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import kill_group, new_name, stop, worker_cmd, worker_env
-from metrics_helpers import PrometheusServer, free_port, http_get
+from support.base import free_port
+from support.metrics import PrometheusServer, http_get
+from support.workers import kill_group, new_name, stop, worker_cmd, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -106,7 +107,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iter
     client = redis_server.client()
     client.flushall()
     ports = {s: free_port() for s in STRATEGIES}
-    # Started here, not through helpers.start_worker: conftest kills the workers that one starts
+    # Started here, not through start_worker: conftest kills the workers that one starts
     # after every test, and these must outlive the module's first test (a killed target's series
     # go stale at the next scrape). The finally clause below stops them, and kills their groups.
     logs = tmp_path_factory.mktemp("dashboard-workers")

@@ -26,12 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker_helpers
 import pytest
+from support import docker_engine
 
 from producer.containers import LABEL, leftovers
 
-ROOT = docker_helpers.ROOT
+ROOT = docker_engine.ROOT
 IMAGE = "poolq:experiment-test"  # built from this checkout, apart from compose's poolq:local
 engine_test = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -108,13 +108,13 @@ def test_no_engine_reachable(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    reason = docker_helpers.ensure_engine()
+    reason = docker_engine.ensure_engine()
     if reason:
         pytest.skip(reason)
     import docker
 
     client = docker.from_env(timeout=300)
-    docker_helpers.build_image(client, IMAGE)
+    docker_engine.build_image(client, IMAGE)
     yield client
     client.close()
 

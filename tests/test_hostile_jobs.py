@@ -25,8 +25,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import helpers
-import metrics_helpers as mh
 import psutil
 import pytest
 from redis import Redis
@@ -35,6 +33,10 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now
+from support import metrics as mh
+from support.base import free_port, wait_for
+from support.rq_jobs import enqueue_many, json_queue
+from support.workers import new_name, run_worker, start_worker, stop, wait_registered, worker_hash
 
 from worker.strategies import STRATEGIES
 
@@ -82,14 +84,14 @@ def failed_ids(conn: Redis, queue: str = "default") -> set[str]:
 
 
 def good_jobs(conn: Redis, n: int, queue: str = "default") -> list[str]:
-    return [j.id for j in helpers.enqueue_many(conn, "worker.jobs.noop", n, queue)]
+    return [j.id for j in enqueue_many(conn, "worker.jobs.noop", n, queue)]
 
 
 def corrupt(conn: Redis, fields: dict[str, Any], *, failing: bool = False) -> str:
     """A stock RQ job with hostile values written into its hash, queued in the same transaction
     (a running worker must not take it before the values are in). ``failing``: its function
     raises (an unexpected keyword), so its failure path runs too."""
-    q = helpers.json_queue(conn)
+    q = json_queue(conn)
     job = q.create_job("worker.jobs.noop", kwargs={"no_such_argument": 1} if failing else None)
     job.enqueued_at = now()
     with conn.pipeline() as p:
@@ -107,7 +109,7 @@ def wait_finished(conn: Redis, ids: list[str], proc: Any = None, timeout: float 
         return all(status(conn, i) == "finished" for i in ids)
 
     try:
-        helpers.wait_for(done, timeout, 0.1, "the good jobs to finish")
+        wait_for(done, timeout, 0.1, "the good jobs to finish")
     except AssertionError as e:
         detail = proc.describe() if proc is not None else ""
         raise AssertionError(f"{e}; statuses {[status(conn, i) for i in ids]}\n{detail}") from None
@@ -174,7 +176,7 @@ def test_a_job_key_of_the_wrong_type_fails_alone_and_the_jobs_behind_it_run(
     the string key is left as it is, its id is in FailedJobRegistry with a failed Result saying
     why; every bad entry is in the quarantine stream with its reason; the intermediate list is
     empty; SIGTERM then stops the worker with exit 0."""
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     good = good_jobs(redis, 2)
     redis.set("rq:job:wrong-type-1", "not a hash")
     redis.rpush(q.key, "wrong-type-1")
@@ -182,9 +184,9 @@ def test_a_job_key_of_the_wrong_type_fails_alone_and_the_jobs_behind_it_run(
     redis.rpush(q.key, "bad id:1", b"\xff\xfe-not-utf8", "x" * 100_000)
     good += good_jobs(redis, 2)
 
-    worker = helpers.start_worker(redis_url, strategy, 2)
+    worker = start_worker(redis_url, strategy, 2)
     wait_finished(redis, good, worker)
-    helpers.wait_for(lambda: len(quarantined(redis)) >= 4, 20, 0.1, "four quarantine entries")
+    wait_for(lambda: len(quarantined(redis)) >= 4, 20, 0.1, "four quarantine entries")
     assert worker.poll() is None, worker.describe()
 
     assert redis.get("rq:job:wrong-type-1") == b"not a hash"  # not ours to overwrite
@@ -197,7 +199,7 @@ def test_a_job_key_of_the_wrong_type_fails_alone_and_the_jobs_behind_it_run(
     assert any("not an RQ job id" in r for k, r in entries.items() if k.startswith("b'")), entries
     assert any("IdTooLong" in r and "100000 bytes" in r for r in entries.values()), entries
     assert redis.llen(q.key) == 0 and redis.llen(q.intermediate_queue_key) == 0
-    assert helpers.stop(worker, timeout=30) == 0, worker.describe()
+    assert stop(worker, timeout=30) == 0, worker.describe()
 
 
 @pytest.mark.parametrize("strategy", ALL)
@@ -210,7 +212,7 @@ def test_a_worker_starts_with_wrong_type_keys_where_recovery_looks_and_runs_its_
     recovered), a job key that is a string and ids RQ refuses. The burst worker starts (it used to
     exit 1 in recovery, at every restart), re-queues and runs the genuine job, runs the queued
     one, fails the string-keyed ones with the reason, and leaves both lists empty."""
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     started, inter = q.started_job_registry.key, q.intermediate_queue_key
     later = time.time() + 1000
     redis.set("rq:job:wt-started", "x")
@@ -226,7 +228,7 @@ def test_a_worker_starts_with_wrong_type_keys_where_recovery_looks_and_runs_its_
     redis.set("poolq:intermediate_seen:wt-inter", time.time() - 3600)  # seen stuck an hour ago
     queued = good_jobs(redis, 1)
 
-    run = helpers.run_worker(redis_url, strategy, 2, timeout=90)
+    run = run_worker(redis_url, strategy, 2, timeout=90)
     assert run.returncode == 0, run.describe()
     assert status(redis, genuine.id) == "finished" and status(redis, queued[0]) == "finished", run.describe()
     failed = failed_ids(redis)
@@ -253,7 +255,7 @@ def test_a_queue_of_the_wrong_type_is_skipped_and_the_other_queues_served(
     redis.set("rq:queue:stuck:intermediate", "x")
     good = good_jobs(redis, 4)
 
-    run = helpers.run_worker(redis_url, strategy, 2, queues="broken,stuck,default", timeout=90)
+    run = run_worker(redis_url, strategy, 2, queues="broken,stuck,default", timeout=90)
     assert run.returncode == 0, run.describe()
     assert all(status(redis, i) == "finished" for i in good), run.describe()
     for name in ("broken", "stuck"):
@@ -275,8 +277,8 @@ def test_payloads_beyond_the_cap_fail_unread_and_the_worker_tree_stays_small(
     stored as it is. Each fails with JobTooLarge and the reason, a good job after them finishes,
     and the worker tree's peak RSS grows by less than 100 MiB over its baseline (it used to
     inflate the whole payload: 400 KiB -> 400 MiB, ~2 GiB peak)."""
-    worker = helpers.start_worker(redis_url, strategy, 1)
-    helpers.wait_registered(redis, worker)
+    worker = start_worker(redis_url, strategy, 1)
+    wait_registered(redis, worker)
     rss = TreeRss(worker.pid)
     time.sleep(1.0)  # pool children started
     baseline = max(rss.sample() for _ in range(5))
@@ -286,7 +288,7 @@ def test_payloads_beyond_the_cap_fail_unread_and_the_worker_tree_stays_small(
         big_meta = corrupt(redis, {"meta": '{"pad": "' + "x" * (64 * MiB) + '"}'})
         good = good_jobs(redis, 1)
         wait_finished(redis, good, worker)
-        helpers.wait_for(lambda: {bomb, exc_bomb, big_meta} <= failed_ids(redis), 20, 0.1, "the big jobs to fail")
+        wait_for(lambda: {bomb, exc_bomb, big_meta} <= failed_ids(redis), 20, 0.1, "the big jobs to fail")
     growth = rss.peak - baseline
     print(f"\n{strategy}: tree RSS baseline {baseline / MiB:.0f} MiB, peak {rss.peak / MiB:.0f} MiB")
     assert growth < 100 * MiB, f"tree RSS grew by {growth / MiB:.0f} MiB\n{worker.describe()}"
@@ -301,18 +303,18 @@ def test_max_job_bytes_is_a_setting_and_a_bad_value_is_one_line(redis: Redis, re
     """``--max-job-bytes 65536``: a job whose payload inflates to ~100 KiB, and one whose hash is
     ~100 KiB as stored (incompressible ``meta``), fail with the cap in their reason; a small one
     runs. ``WORKER_MAX_JOB_BYTES=12`` is refused at start with one line naming the variable, exit 2."""
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     inflates = q.enqueue("worker.jobs.noop", os.urandom(50_000).hex()).id
     stored = corrupt(redis, {"meta": json.dumps({"pad": os.urandom(50_000).hex()})})
     small = good_jobs(redis, 1)
-    run = helpers.run_worker(redis_url, "thread", 1, extra_args=("--max-job-bytes", "65536"))
+    run = run_worker(redis_url, "thread", 1, extra_args=("--max-job-bytes", "65536"))
     assert run.returncode == 0, run.describe()
     assert status(redis, small[0]) == "finished"
     for job_id, says in ((inflates, "payload inflates to more than"), (stored, "the job hash is")):
         reason = failure_of(redis, job_id)
         assert "JobTooLarge" in reason and says in reason and "WORKER_MAX_JOB_BYTES (65536 bytes)" in reason, reason
 
-    bad = helpers.run_worker(redis_url, "thread", 1, env={"WORKER_MAX_JOB_BYTES": "12"}, timeout=30)
+    bad = run_worker(redis_url, "thread", 1, env={"WORKER_MAX_JOB_BYTES": "12"}, timeout=30)
     assert bad.returncode == 2, bad.describe()
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "WORKER_MAX_JOB_BYTES" in lines[0], bad.stderr
@@ -333,7 +335,7 @@ def test_field_values_the_worker_cannot_act_on_fail_only_their_job(redis: Redis,
     EXPIRE half-way through the finish script). Each bad job fails with a reason naming the
     field; the good ones and the one without timeout finish; nothing stays started; the worker
     keeps running."""
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     good = good_jobs(redis, 2)
     good.append(q.enqueue("worker.jobs.noop", job_timeout=-1).id)
     bad = [
@@ -347,9 +349,9 @@ def test_field_values_the_worker_cannot_act_on_fail_only_their_job(redis: Redis,
     ]
     good += good_jobs(redis, 3)
 
-    worker = helpers.start_worker(redis_url, strategy, 2)
+    worker = start_worker(redis_url, strategy, 2)
     wait_finished(redis, good, worker)
-    helpers.wait_for(lambda: {i for _, i in bad} <= failed_ids(redis), 30, 0.1, "the bad jobs to fail")
+    wait_for(lambda: {i for _, i in bad} <= failed_ids(redis), 30, 0.1, "the bad jobs to fail")
     problems = []
     for field, job_id in bad:
         reason = failure_of(redis, job_id)
@@ -359,7 +361,7 @@ def test_field_values_the_worker_cannot_act_on_fail_only_their_job(redis: Redis,
     assert not problems, "\n".join(problems) + "\n" + worker.describe()
     assert StartedJobRegistry("default", connection=redis).get_job_ids() == []
     assert worker.poll() is None, worker.describe()
-    assert helpers.stop(worker, signal.SIGTERM, timeout=30) == 0, worker.describe()
+    assert stop(worker, signal.SIGTERM, timeout=30) == 0, worker.describe()
 
 
 def test_a_scheduled_job_key_of_the_wrong_type_does_not_hold_up_the_others(redis: Redis, redis_url: str) -> None:
@@ -367,11 +369,11 @@ def test_a_scheduled_job_key_of_the_wrong_type_does_not_hold_up_the_others(redis
     is a string failed the batch at every tick, so no scheduled job of that queue (Retry
     intervals, ``enqueue_in``) ran again. Now that id is dropped and the good scheduled job runs.
     The scheduler is the same in every strategy; the thread worker stands for all."""
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     redis.set("rq:job:wt-scheduled", "x")
     redis.zadd("rq:scheduled:default", {"wt-scheduled": 1})
     later = q.enqueue_in(timedelta(seconds=1), "worker.jobs.noop")
-    worker = helpers.start_worker(redis_url, "thread", 2)
+    worker = start_worker(redis_url, "thread", 2)
     wait_finished(redis, [later.id], worker, timeout=30)
     assert redis.zcard("rq:scheduled:default") == 0
     assert "wt-scheduled cannot be read" in worker.output(), worker.describe()
@@ -382,12 +384,12 @@ def test_the_metrics_keep_every_readable_queue_and_count_the_refused_jobs(redis:
     ``default`` (one failing LLEN used to drop every queue's figures) and the job whose key is a
     string counts in ``poolq_malformed_jobs_total``. Metrics are the same in every strategy."""
     redis.set("rq:queue:broken", "x")
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     redis.set("rq:job:wrong-type-m", "x")
     redis.rpush(q.key, "wrong-type-m")
     good = good_jobs(redis, 3)
-    port = mh.free_port()
-    worker = helpers.start_worker(
+    port = free_port()
+    worker = start_worker(
         redis_url,
         "thread",
         2,
@@ -403,7 +405,7 @@ def test_the_metrics_keep_every_readable_queue_and_count_the_refused_jobs(redis:
             return None
         return samples
 
-    samples = helpers.wait_for(settled, 20, 0.2, "default's finished jobs in poolq_queue_jobs")
+    samples = wait_for(settled, 20, 0.2, "default's finished jobs in poolq_queue_jobs")
     assert mh.total(samples, "poolq_malformed_jobs_total", queue="default") == 1
     assert not mh.select(samples, "poolq_queue_jobs", queue="broken", state="queued")
     assert worker.poll() is None, worker.describe()
@@ -419,15 +421,15 @@ def test_a_job_key_of_the_wrong_type_at_start_or_finish_fails_the_job_with_nothi
     writing: each job fails alone, naming the key, nothing stays started, and the worker's own
     counters count only what ran to the end (the finish used to fail half-way: the job was
     counted successful, then failed)."""
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     at_start = q.enqueue("worker.jobs.noop").id
     redis.set(f"rq:executions:{at_start}", "x")
     at_finish = q.enqueue("worker.jobs.noop").id
     redis.set(f"rq:results:{at_finish}", "x")
     good = good_jobs(redis, 3)
 
-    name = helpers.new_name()
-    run = helpers.run_worker(redis_url, strategy, 1, name=name, timeout=90)
+    name = new_name()
+    run = run_worker(redis_url, strategy, 1, name=name, timeout=90)
     assert run.returncode == 0, run.describe()
     assert all(status(redis, i) == "finished" for i in good), run.describe()
     for job_id, key in ((at_start, f"rq:executions:{at_start}"), (at_finish, f"rq:results:{at_finish}")):
@@ -438,5 +440,5 @@ def test_a_job_key_of_the_wrong_type_at_start_or_finish_fails_the_job_with_nothi
         assert f"{key} holds a string" in reason, reason
     assert StartedJobRegistry("default", connection=redis).get_job_ids() == []
     assert not redis.keys(f"rq:execution:{at_start}:*")
-    counts = helpers.worker_hash(redis, name)
+    counts = worker_hash(redis, name)
     assert int(counts.get("successful_job_count", 0)) == len(good), counts

@@ -15,30 +15,29 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import helpers
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from rq.registry import FailedJobRegistry, StartedJobRegistry
+from support.base import free_port, wait_for
+from support.rq_jobs import enqueue_many, fetch, finished_records, json_queue, overlap
+from support.workers import WorkerProcess, descendants, start_worker, stop, wait_registered, worker_hash
 
-from worker.composite import (
-    ADMIT_AHEAD,
-    CPU,
+from worker.composite import CPU, IO, parse_hint
+from worker.strategies import STRATEGIES, StrategyConfig
+from worker.strategies.auto import ADMIT_AHEAD, auto_layout
+from worker.strategies.hybrid import hybrid_layout
+from worker.strategies.routing import (
     CPU_RATIO,
     EARLY_SECONDS,
-    IO,
     MIN_CPU_SECONDS,
     PROBE_RUNS,
     REPROBE_EVERY,
     Profile,
     Router,
     RunInProgress,
-    auto_layout,
-    hybrid_layout,
-    parse_hint,
 )
-from worker.strategies import STRATEGIES, StrategyConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,20 +59,20 @@ def run_pids(path: Path, token: str) -> list[int]:
 
 
 def status(conn: Redis, job_id: str) -> str:
-    st = helpers.fetch(conn, job_id).get_status()
+    st = fetch(conn, job_id).get_status()
     return str(getattr(st, "value", st))
 
 
-def wait_ended(conn: Redis, ids: list[str], proc: helpers.WorkerProcess, timeout: float = 30) -> None:
+def wait_ended(conn: Redis, ids: list[str], proc: WorkerProcess, timeout: float = 30) -> None:
     def ended() -> bool:
         assert proc.poll() is None, f"worker exited: {proc.describe()}"
         return all(status(conn, i) in ("finished", "failed") for i in ids)
 
-    helpers.wait_for(ended, timeout, 0.1, f"jobs {ids} to end\n")
+    wait_for(ended, timeout, 0.1, f"jobs {ids} to end\n")
 
 
 def failure(conn: Redis, job_id: str) -> str:
-    res = helpers.fetch(conn, job_id).latest_result()
+    res = fetch(conn, job_id).latest_result()
     assert res is not None
     return res.exc_string or ""
 
@@ -85,9 +84,9 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
-def start(redis_url: str, conn: Redis, strategy: str, *extra: str, concurrency: Any = None) -> helpers.WorkerProcess:
-    proc = helpers.start_worker(redis_url, strategy, concurrency, extra_args=(*ALLOW, *extra))
-    helpers.wait_registered(conn, proc)
+def start(redis_url: str, conn: Redis, strategy: str, *extra: str, concurrency: Any = None) -> WorkerProcess:
+    proc = start_worker(redis_url, strategy, concurrency, extra_args=(*ALLOW, *extra))
+    wait_registered(conn, proc)
     return proc
 
 
@@ -99,20 +98,20 @@ def test_hybrid_runs_jobs_in_p_children_with_several_threads_each(redis: Redis, 
     """2 processes x 3 threads: 12 io jobs run 6 at once, in exactly 2 child pids (children of
     the worker, not the worker itself), each child on several threads."""
     proc = start(redis_url, redis, "hybrid", "--processes", "2", "--threads-per-process", "3")
-    jobs = helpers.enqueue_many(redis, "worker.jobs.io", 12, seconds=0.4)
+    jobs = enqueue_many(redis, "worker.jobs.io", 12, seconds=0.4)
     wait_ended(redis, [j.id for j in jobs], proc)
-    records = helpers.finished_records(redis, jobs, proc.describe())
+    records = finished_records(redis, jobs, proc.describe())
     pids = {r["pid"] for r in records}
     assert len(pids) == 2, records
     assert proc.pid not in pids
-    assert pids <= helpers.descendants(proc.pid)
+    assert pids <= descendants(proc.pid)
     for pid in pids:
         threads = {r["thread"] for r in records if r["pid"] == pid}
         assert len(threads) > 1, f"child {pid} ran its jobs on one thread: {records}"
-    assert helpers.overlap(records) == 6
-    assert helpers.worker_hash(redis, proc.name)["poolq_concurrency"] == "6"
+    assert overlap(records) == 6
+    assert worker_hash(redis, proc.name)["poolq_concurrency"] == "6"
     assert "2 processes x 3 threads" in proc.output()
-    assert helpers.stop(proc) == 0, proc.describe()
+    assert stop(proc) == 0, proc.describe()
 
 
 def test_hybrid_timeout_kills_the_child_and_requeues_its_siblings(redis: Redis, redis_url: str, tmp_path: Path) -> None:
@@ -121,10 +120,10 @@ def test_hybrid_timeout_kills_the_child_and_requeues_its_siblings(redis: Redis, 
     siblings are not failed: re-queued, they run again in the replacement child and finish."""
     runs = tmp_path / "runs.log"
     proc = start(redis_url, redis, "hybrid", "--processes", "1", "--threads-per-process", "4")
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     overdue = q.enqueue(f"{J}.sleep_for", 60, job_timeout=2)
     siblings = [q.enqueue(f"{J}.record", str(runs), f"s{i}", 3.0, job_timeout=60) for i in range(3)]
-    helpers.wait_for(lambda: len(executions(runs)) == 3, 10, what="the siblings to start")
+    wait_for(lambda: len(executions(runs)) == 3, 10, what="the siblings to start")
     first_child = run_pids(runs, "s0")[0]
     wait_ended(redis, [overdue.id, *(s.id for s in siblings)], proc)
 
@@ -133,13 +132,13 @@ def test_hybrid_timeout_kills_the_child_and_requeues_its_siblings(redis: Redis, 
     assert "JobTimeoutException" in text and f"pool child {first_child} was killed" in text, text
     assert "3 job(s) running beside it re-queued" in text, text
     assert pid_gone(first_child)
-    records = helpers.finished_records(redis, siblings, proc.describe())
+    records = finished_records(redis, siblings, proc.describe())
     assert executions(runs) == {"s0": 2, "s1": 2, "s2": 2}, "each sibling: killed once, re-run once"
     assert {r["pid"] for r in records} != {first_child}
     assert all(first_child not in run_pids(runs, f"s{i}")[1:] for i in range(3))
     assert FailedJobRegistry("default", connection=redis).get_job_ids() == [overdue.id]
     assert proc.poll() is None
-    assert helpers.stop(proc) == 0, proc.describe()
+    assert stop(proc) == 0, proc.describe()
 
 
 def test_hybrid_crash_fails_only_the_culprit_and_reruns_its_siblings_alone(
@@ -150,9 +149,9 @@ def test_hybrid_crash_fails_only_the_culprit_and_reruns_its_siblings_alone(
     child died under them, are re-run alone in fresh children and finish."""
     runs = tmp_path / "runs.log"
     proc = start(redis_url, redis, "hybrid", "--processes", "1", "--threads-per-process", "4")
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     besides = [q.enqueue(f"{J}.record", str(runs), f"b{i}", 2.0, job_timeout=60) for i in range(2)]
-    helpers.wait_for(lambda: len(executions(runs)) == 2, 10, what="the jobs beside to start")
+    wait_for(lambda: len(executions(runs)) == 2, 10, what="the jobs beside to start")
     segv = q.enqueue(f"{J}.segfault")
     exit3 = q.enqueue(f"{J}.exit_code", 3)
     wait_ended(redis, [segv.id, exit3.id, *(b.id for b in besides)], proc)
@@ -160,16 +159,16 @@ def test_hybrid_crash_fails_only_the_culprit_and_reruns_its_siblings_alone(
     assert status(redis, segv.id) == "failed" and status(redis, exit3.id) == "failed"
     assert "ChildCrashed" in failure(redis, segv.id) and "SIGSEGV" in failure(redis, segv.id), failure(redis, segv.id)
     assert "ChildCrashed" in failure(redis, exit3.id) and "exited with code 3" in failure(redis, exit3.id)
-    helpers.finished_records(redis, besides, proc.describe())
+    finished_records(redis, besides, proc.describe())
     counts = executions(runs)
     assert set(counts) == {"b0", "b1"} and all(n == 2 for n in counts.values()), counts
     assert "re-running job" in proc.output()
     # the pool is repaired: 4 jobs at once again, in one (new) child
-    jobs = helpers.enqueue_many(redis, "worker.jobs.io", 4, seconds=0.5)
+    jobs = enqueue_many(redis, "worker.jobs.io", 4, seconds=0.5)
     wait_ended(redis, [j.id for j in jobs], proc)
-    records = helpers.finished_records(redis, jobs, proc.describe())
-    assert helpers.overlap(records) == 4 and len({r["pid"] for r in records}) == 1
-    assert helpers.stop(proc) == 0, proc.describe()
+    records = finished_records(redis, jobs, proc.describe())
+    assert overlap(records) == 4 and len({r["pid"] for r in records}) == 1
+    assert stop(proc) == 0, proc.describe()
 
 
 def test_hybrid_cold_stop_requeues_running_jobs(redis: Redis, redis_url: str, tmp_path: Path) -> None:
@@ -177,10 +176,10 @@ def test_hybrid_cold_stop_requeues_running_jobs(redis: Redis, redis_url: str, tm
     failed), and the worker exits 0 at once."""
     runs = tmp_path / "runs.log"
     proc = start(redis_url, redis, "hybrid", "--processes", "2", "--threads-per-process", "2")
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     jobs = [q.enqueue(f"{J}.record", str(runs), f"r{i}", 30.0, job_timeout=60) for i in range(4)]
-    helpers.wait_for(lambda: len(executions(runs)) == 4, 10, what="4 jobs to run")
-    assert helpers.stop(proc, signal.SIGTERM, second=signal.SIGTERM, timeout=10) == 0, proc.describe()
+    wait_for(lambda: len(executions(runs)) == 4, 10, what="4 jobs to run")
+    assert stop(proc, signal.SIGTERM, second=signal.SIGTERM, timeout=10) == 0, proc.describe()
     assert [status(redis, j.id) for j in jobs] == ["queued"] * 4, proc.describe()
     assert set(q.get_job_ids()) == {j.id for j in jobs}
     assert FailedJobRegistry("default", connection=redis).count == 0
@@ -192,16 +191,16 @@ def test_max_jobs_per_child_replaces_children(redis: Redis, redis_url: str, stra
     1 child x 3 threads; a child stops taking jobs once 2 were sent to it, finishes them and
     exits while its replacement takes over) or its pool (auto: jobs hinted to its process pool).
     The replacements are counted."""
-    port = helpers.free_port()
+    port = free_port()
     if strategy == "hybrid":
         layout: tuple[str, ...] = ("--processes", "1", "--threads-per-process", "3")
     else:
         layout = ("--processes", "1")
     proc = start(redis_url, redis, strategy, *layout, "--max-jobs-per-child", "2", "--metrics-port", str(port))
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     jobs = [q.enqueue(f"{J}.sleep_for", 0.2, meta={"poolq_hint": "cpu"}) for _ in range(9)]
     wait_ended(redis, [j.id for j in jobs], proc)
-    records = helpers.finished_records(redis, jobs, proc.describe())
+    records = finished_records(redis, jobs, proc.describe())
     per_child = Counter(r["pid"] for r in records)
     assert proc.pid not in per_child and max(per_child.values()) <= 2, per_child
     assert len(per_child) >= 5, per_child
@@ -213,7 +212,7 @@ def test_max_jobs_per_child_replaces_children(redis: Redis, redis_url: str, stra
         if s.name == "poolq_pool_children_replaced_total" and s.labels.get("reason") == "max_jobs"
     )
     assert replaced >= len(per_child) - 1, (replaced, per_child)
-    assert helpers.stop(proc) == 0, proc.describe()
+    assert stop(proc) == 0, proc.describe()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,9 +233,9 @@ def test_auto_learns_cpu_to_processes_io_to_threads_and_exports_it(redis: Redis,
     """After a few runs of each (learning), cpu jobs run in child pids and io jobs in the
     worker's own pid, on several threads; the log states the rule and each class change; the
     jobs' metrics say which pool ran them."""
-    port = helpers.free_port()
+    port = free_port()
     proc = start(redis_url, redis, "auto", "--metrics-port", str(port))
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     learn = [q.enqueue("worker.jobs.cpu", ms=30) for _ in range(6)] + [
         q.enqueue("worker.jobs.io", seconds=0.05) for _ in range(6)
     ]
@@ -249,9 +248,9 @@ def test_auto_learns_cpu_to_processes_io_to_threads_and_exports_it(redis: Redis,
     cpu_jobs = [q.enqueue("worker.jobs.cpu", ms=30) for _ in range(6)]
     io_jobs = [q.enqueue("worker.jobs.io", seconds=0.3) for _ in range(6)]
     wait_ended(redis, [j.id for j in cpu_jobs + io_jobs], proc)
-    cpu_recs = helpers.finished_records(redis, cpu_jobs, proc.describe())
-    io_recs = helpers.finished_records(redis, io_jobs, proc.describe())
-    children = helpers.descendants(proc.pid)
+    cpu_recs = finished_records(redis, cpu_jobs, proc.describe())
+    io_recs = finished_records(redis, io_jobs, proc.describe())
+    children = descendants(proc.pid)
     assert {r["pid"] for r in cpu_recs} <= children and proc.pid not in {r["pid"] for r in cpu_recs}
     assert {r["pid"] for r in io_recs} == {proc.pid}
     assert len({r["thread"] for r in io_recs}) > 1
@@ -262,14 +261,14 @@ def test_auto_learns_cpu_to_processes_io_to_threads_and_exports_it(redis: Redis,
     assert cpu_in_threads <= 1, ended
     assert ended[("auto", "process", "worker.jobs.cpu", "finished")] == 12 - cpu_in_threads, ended
     assert ended[("auto", "thread", "worker.jobs.io", "finished")] >= 6, ended
-    assert helpers.stop(proc) == 0, proc.describe()
+    assert stop(proc) == 0, proc.describe()
 
 
 def test_auto_hints_override_the_measurement(redis: Redis, redis_url: str) -> None:
     """job.meta['poolq_hint'] and the @cpu_bound/@io_bound decorators win over what a function
     does: a sleeping job hinted cpu runs in a child, a spinning one hinted io in the worker."""
     proc = start(redis_url, redis, "auto")
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     to_child = [
         q.enqueue("worker.jobs.io", seconds=0.05, meta={"poolq_hint": "cpu"}),
         q.enqueue(f"{J}.declared_cpu_but_sleeps", 0.05),
@@ -279,12 +278,12 @@ def test_auto_hints_override_the_measurement(redis: Redis, redis_url: str) -> No
         q.enqueue(f"{J}.declared_io_but_spins", 30),
     ]
     wait_ended(redis, [j.id for j in to_child + to_worker], proc)
-    child_recs = helpers.finished_records(redis, to_child, proc.describe())
-    worker_recs = helpers.finished_records(redis, to_worker, proc.describe())
+    child_recs = finished_records(redis, to_child, proc.describe())
+    worker_recs = finished_records(redis, to_worker, proc.describe())
     assert all(r["pid"] != proc.pid for r in child_recs), child_recs
-    assert {r["pid"] for r in child_recs} <= helpers.descendants(proc.pid)
+    assert {r["pid"] for r in child_recs} <= descendants(proc.pid)
     assert {r["pid"] for r in worker_recs} == {proc.pid}, worker_recs
-    assert helpers.stop(proc) == 0, proc.describe()
+    assert stop(proc) == 0, proc.describe()
 
 
 def test_auto_does_not_hoard_jobs_while_a_sub_pool_is_full(redis: Redis, redis_url: str) -> None:
@@ -292,10 +291,10 @@ def test_auto_does_not_hoard_jobs_while_a_sub_pool_is_full(redis: Redis, redis_u
     at most ADMIT_AHEAD (2) more wait for it in the worker (though 5 slots are free); the others
     stay in the queue, where another worker could take them. All finish, one at a time."""
     proc = start(redis_url, redis, "auto", "--processes", "1", concurrency=6)
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     jobs = [q.enqueue(f"{J}.sleep_for", 1.5, meta={"poolq_hint": "cpu"}) for _ in range(7)]
     started = StartedJobRegistry("default", connection=redis)
-    helpers.wait_for(lambda: started.count >= 1, 10, what="a job to start")
+    wait_for(lambda: started.count >= 1, 10, what="a job to start")
     seen = []
     for _ in range(15):
         seen.append((started.count, q.count))
@@ -303,16 +302,16 @@ def test_auto_does_not_hoard_jobs_while_a_sub_pool_is_full(redis: Redis, redis_u
     assert max(s for s, _ in seen) <= 1 + ADMIT_AHEAD, seen
     assert min(n for _, n in seen) >= 7 - 1 - ADMIT_AHEAD, seen
     wait_ended(redis, [j.id for j in jobs], proc, timeout=45)
-    records = helpers.finished_records(redis, jobs, proc.describe())
-    assert helpers.overlap(records) == 1
-    assert helpers.stop(proc) == 0, proc.describe()
+    records = finished_records(redis, jobs, proc.describe())
+    assert overlap(records) == 1
+    assert stop(proc) == 0, proc.describe()
 
 
 def test_auto_hard_timeout_and_crash_in_its_process_pool(redis: Redis, redis_url: str) -> None:
     """A process-routed job that overruns is killed with its child; one that segfaults fails
     alone; thread-routed jobs beside them are untouched and the worker goes on."""
     proc = start(redis_url, redis, "auto", "--processes", "2")
-    q = helpers.json_queue(redis)
+    q = json_queue(redis)
     beside = q.enqueue("worker.jobs.io", seconds=3.0, meta={"poolq_hint": "io"})
     overdue = q.enqueue(f"{J}.sleep_for", 60, job_timeout=2, meta={"poolq_hint": "cpu"})
     segv = q.enqueue(f"{J}.segfault", meta={"poolq_hint": "cpu"})
@@ -322,11 +321,11 @@ def test_auto_hard_timeout_and_crash_in_its_process_pool(redis: Redis, redis_url
     assert "JobTimeoutException" in text and m, text
     assert pid_gone(int(m.group(1)))
     assert "ChildCrashed" in failure(redis, segv.id) and "SIGSEGV" in failure(redis, segv.id)
-    assert helpers.finished_records(redis, [beside], proc.describe())[0]["pid"] == proc.pid
-    after = helpers.enqueue_many(redis, f"{J}.sleep_for", 2, seconds=0.5)
+    assert finished_records(redis, [beside], proc.describe())[0]["pid"] == proc.pid
+    after = enqueue_many(redis, f"{J}.sleep_for", 2, seconds=0.5)
     wait_ended(redis, [j.id for j in after], proc)
-    helpers.finished_records(redis, after, proc.describe())
-    assert helpers.stop(proc) == 0, proc.describe()
+    finished_records(redis, after, proc.describe())
+    assert stop(proc) == 0, proc.describe()
 
 
 # ---------------------------------------------------------------------------------------------

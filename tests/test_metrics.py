@@ -16,10 +16,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import helpers
-import metrics_helpers as mh
 import pytest
 import redis as redis_lib
+from support import metrics as mh
+from support.base import free_port, wait_for
+from support.rq_jobs import finished_records, json_queue
+from support.workers import WorkerProcess, run_worker, start_worker, stop
 
 MiB = 1024 * 1024
 STRATEGIES = ("thread", "process", "inline")
@@ -34,9 +36,9 @@ def start_metrics_worker(
     concurrency: int,
     extra: tuple[str, ...] = (),
     sample_interval: float = 0.25,
-) -> helpers.WorkerProcess:
+) -> WorkerProcess:
     """A long-running worker with /metrics on ``port``, answered once its first sample is in."""
-    proc = helpers.start_worker(
+    proc = start_worker(
         url,
         strategy=strategy,
         concurrency=concurrency,
@@ -51,12 +53,12 @@ def start_metrics_worker(
         samples = mh.scrape(port)
         return samples is not None and bool(mh.select(samples, "poolq_worker_tree_processes"))
 
-    helpers.wait_for(ready, 30, 0.1, what=f"{strategy} worker /metrics on port {port}")
+    wait_for(ready, 30, 0.1, what=f"{strategy} worker /metrics on port {port}")
     return proc
 
 
-def stop_ok(proc: helpers.WorkerProcess) -> None:
-    code = helpers.stop(proc, timeout=60)
+def stop_ok(proc: WorkerProcess) -> None:
+    code = stop(proc, timeout=60)
     assert code == 0, proc.describe()
 
 
@@ -70,7 +72,7 @@ def poll_scrape(port: int, predicate: Callable[[mh.Samples], bool], timeout: flo
         last[:] = [s]
         return predicate(s)
 
-    helpers.wait_for(check, timeout, 0.1, what=what)
+    wait_for(check, timeout, 0.1, what=what)
     return last[0]
 
 
@@ -79,9 +81,9 @@ def poll_scrape(port: int, predicate: Callable[[mh.Samples], bool], timeout: flo
 
 
 def test_live_exposition_passes_promtool(redis: redis_lib.Redis, redis_url: str) -> None:
-    port = mh.free_port()
+    port = free_port()
     proc = start_metrics_worker(redis_url, "thread", "lint", port, concurrency=2)
-    q = helpers.json_queue(redis, "lint")
+    q = json_queue(redis, "lint")
     for _ in range(3):
         q.enqueue("worker.jobs.noop")
     q.enqueue("worker.jobs.cpu", ms=5)
@@ -131,9 +133,9 @@ def test_live_exposition_passes_promtool(redis: redis_lib.Redis, redis_url: str)
 
 
 def test_metrics_port_in_use_fails_at_start(redis: redis_lib.Redis, redis_url: str) -> None:
-    port = mh.free_port()
+    port = free_port()
     first = start_metrics_worker(redis_url, "inline", "busy-port", port, concurrency=1)
-    run = helpers.run_worker(redis_url, "inline", 1, "busy-port", extra_args=("--metrics-port", str(port)), timeout=30)
+    run = run_worker(redis_url, "inline", 1, "busy-port", extra_args=("--metrics-port", str(port)), timeout=30)
     assert run.returncode == 1, run.describe()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in run.stderr, run.describe()
     stop_ok(first)
@@ -155,7 +157,7 @@ class Feeder:
 
     def __init__(self, url: str, queues: tuple[str, ...], low_water: int = 12) -> None:
         self.conn = redis_lib.Redis.from_url(url)
-        self.queues = [helpers.json_queue(self.conn, q) for q in queues]
+        self.queues = [json_queue(self.conn, q) for q in queues]
         self.low_water = low_water
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -183,7 +185,7 @@ class Feeder:
 
 
 @pytest.fixture
-def strategy_workers(redis: redis_lib.Redis, redis_url: str) -> Iterator[dict[str, tuple[helpers.WorkerProcess, int]]]:
+def strategy_workers(redis: redis_lib.Redis, redis_url: str) -> Iterator[dict[str, tuple[WorkerProcess, int]]]:
     """A worker of each strategy on a queue named after it, plus a second thread replica on the
     same queue as the first (for the no-double-counting check); each with its own metrics port."""
     specs = {
@@ -192,19 +194,19 @@ def strategy_workers(redis: redis_lib.Redis, redis_url: str) -> Iterator[dict[st
         "process": ("process", "process", 2),
         "inline": ("inline", "inline", 1),
     }
-    workers: dict[str, tuple[helpers.WorkerProcess, int]] = {}
+    workers: dict[str, tuple[WorkerProcess, int]] = {}
     for key, (strategy, queue, concurrency) in specs.items():
-        port = mh.free_port()
+        port = free_port()
         workers[key] = (start_metrics_worker(redis_url, strategy, queue, port, concurrency), port)
     yield workers
-    # helpers' autouse fixture kills whatever the test did not stop
+    # conftest's autouse fixture kills whatever the test did not stop
 
 
 @pytest.mark.timeout(240)
 def test_documented_promql_against_real_prometheus(
     redis: redis_lib.Redis,
     redis_url: str,
-    strategy_workers: dict[str, tuple[helpers.WorkerProcess, int]],
+    strategy_workers: dict[str, tuple[WorkerProcess, int]],
     tmp_path: Path,
 ) -> None:
     queries = mh.documented_queries()
@@ -212,14 +214,14 @@ def test_documented_promql_against_real_prometheus(
     for q in queries:
         assert q.labels, f"docs/metrics.md line {q.line}: promql block without labels=: {q.promql}"
     # Jobs scheduled far ahead stay in the scheduled registry: a stable figure both thread replicas export.
-    sched = helpers.json_queue(redis, "thread")
+    sched = json_queue(redis, "thread")
     for _ in range(5):
         sched.enqueue_in(timedelta(hours=1), "worker.jobs.noop")
 
     targets = [f"127.0.0.1:{port}" for _, port in strategy_workers.values()]
     expect = {"strategy": set(STRATEGIES), "queue": set(STRATEGIES)}
     with mh.prometheus(tmp_path, targets) as prom, Feeder(redis_url, STRATEGIES) as feeder:
-        helpers.wait_for(
+        wait_for(
             lambda: len(prom.targets_up()) == len(targets) and set(prom.targets_up().values()) == {"up"},
             60,
             0.5,
@@ -233,7 +235,7 @@ def test_documented_promql_against_real_prometheus(
             return not any(problems.values())
 
         try:
-            helpers.wait_for(all_queries_answer, 120, 1.0, what="every documented query to return its series")
+            wait_for(all_queries_answer, 120, 1.0, what="every documented query to return its series")
         except AssertionError:
             detail = "\n".join(
                 f"docs/metrics.md:{q.line}: {problems.get(q.line)}\n    {q.promql}"
@@ -263,7 +265,7 @@ def test_documented_promql_against_real_prometheus(
 
 
 def test_tree_memory_counts_pool_children(redis: redis_lib.Redis, redis_url: str) -> None:
-    port = mh.free_port()
+    port = free_port()
     proc = start_metrics_worker(redis_url, "process", "alloc", port, concurrency=2, sample_interval=0.2)
 
     def pss(s: mh.Samples, role: str | None = None) -> float:
@@ -283,7 +285,7 @@ def test_tree_memory_counts_pool_children(redis: redis_lib.Redis, redis_url: str
         assert s is not None
         baseline_total, baseline_pool = max(baseline_total, pss(s)), max(baseline_pool, pss(s, "pool"))
 
-    q = helpers.json_queue(redis, "alloc")
+    q = json_queue(redis, "alloc")
     jobs = [q.enqueue("worker.jobs.alloc", mb=64, seconds=4) for _ in range(2)]
     peak = poll_scrape(
         port,
@@ -309,7 +311,7 @@ def test_tree_memory_counts_pool_children(redis: redis_lib.Redis, redis_url: str
         f"tree PSS to fall by 100 MiB from {peak_pss / MiB:.0f} MiB once the jobs released their memory",
     )
     assert procs(after, "main") + procs(after, "pool") == 3, after
-    helpers.finished_records(redis, jobs)
+    finished_records(redis, jobs)
     stop_ok(proc)
 
 
@@ -318,11 +320,11 @@ def test_tree_memory_counts_pool_children(redis: redis_lib.Redis, redis_url: str
 
 
 def test_counters_monotonic_across_child_recycling(redis: redis_lib.Redis, redis_url: str) -> None:
-    port = mh.free_port()
+    port = free_port()
     proc = start_metrics_worker(
         redis_url, "process", "recycle", port, concurrency=2, extra=("--max-jobs-per-child", "1"), sample_interval=0.2
     )
-    q = helpers.json_queue(redis, "recycle")
+    q = json_queue(redis, "recycle")
     jobs = [q.enqueue("worker.jobs.cpu", ms=300) for _ in range(20)]
 
     history: list[mh.Samples] = []
@@ -342,7 +344,7 @@ def test_counters_monotonic_across_child_recycling(redis: redis_lib.Redis, redis
         history.append(counters(s))
         return mh.total(s, "poolq_jobs_ended_total", status="finished") == 20
 
-    helpers.wait_for(done, 90, 0.1, what="20 cpu jobs to finish")
+    wait_for(done, 90, 0.1, what="20 cpu jobs to finish")
     for _ in range(5):  # a few more samples after the last child was replaced
         time.sleep(0.25)
         s = mh.scrape(port)
@@ -359,5 +361,5 @@ def test_counters_monotonic_across_child_recycling(redis: redis_lib.Redis, redis
     # 20 jobs x ~0.3 s of CPU ran in children that no longer exist: their CPU is still counted.
     cpu = mh.total(final, "poolq_worker_tree_cpu_seconds_total")
     assert cpu >= 0.7 * 20 * 0.3, f"tree CPU {cpu:.2f} s misses the recycled children's CPU"
-    helpers.finished_records(redis, jobs)
+    finished_records(redis, jobs)
     stop_ok(proc)

@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import helpers
 import pytest
 import redis as redis_lib
-from conftest import RedisServer
+from support.redis_server import RedisServer
+from support.workers import start_worker, stop, wait_registered, worker_hash
 from test_producer import call, one_line, producer
 
 from producer.errors import BadInput
@@ -90,13 +90,13 @@ def test_experiment_sizes_agree_with_the_workers_own(redis: redis_lib.Redis, red
 
     cpus = int(detect_cpus().available)
     for strategy in ("thread", "process", "inline", "hybrid", "auto"):
-        w = helpers.start_worker(redis_url, strategy, "auto", queues=f"q-{strategy}")
+        w = start_worker(redis_url, strategy, "auto", queues=f"q-{strategy}")
         try:
-            helpers.wait_registered(redis, w)
-            reported = int(helpers.worker_hash(redis, w.name)["poolq_concurrency"])
+            wait_registered(redis, w)
+            reported = int(worker_hash(redis, w.name)["poolq_concurrency"])
             assert reported == resolve_capacity(strategy, "auto", cpus), strategy
         finally:
-            assert helpers.stop(w) == 0
+            assert stop(w) == 0
 
 
 @pytest.mark.slow

@@ -20,13 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import helpers
 import numpy as np
 import pytest
 import redis as redis_lib
-from conftest import RedisServer, free_port
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from support.base import free_port
+from support.redis_server import RedisServer
+from support.workers import start_worker, wait_registered
 
 from producer import cli
 from producer.arrivals import resolve_arrival, schedule
@@ -514,11 +515,10 @@ def test_experiment_against_running_workers(redis: redis_lib.Redis, redis_url: s
     ports = {"thread": free_port(), "process": free_port()}
     env = {"WORKER_METRICS_SAMPLE_INTERVAL_SECONDS": "0.3"}
     workers = [
-        helpers.start_worker(redis_url, s, 3, s, extra_args=["--metrics-port", str(p)], env=env)
-        for s, p in ports.items()
+        start_worker(redis_url, s, 3, s, extra_args=["--metrics-port", str(p)], env=env) for s, p in ports.items()
     ]
     for w in workers:
-        helpers.wait_registered(redis, w)
+        wait_registered(redis, w)
     metrics = ",".join(f"{s}=http://127.0.0.1:{p}/metrics" for s, p in ports.items())
     out = tmp_path / "compose"
     proc = producer(

@@ -33,19 +33,31 @@ from redis import Redis
 from rq import Callback, Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
-
-try:
-    from tests import helpers
-    from tests import reliability_helpers as rh
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    import helpers  # type: ignore[no-redef]
-    import reliability_helpers as rh  # type: ignore[no-redef]
+from support.base import free_port, wait_for
+from support.metrics import metric
+from support.redis_server import RedisServer
+from support.rq_jobs import executions, outcome, overlap, status, wait_ended
+from support.workers import (
+    ALLOW_ARGS,
+    WorkerProcess,
+    descendants,
+    group_members,
+    kill9_group,
+    kill_group,
+    log_lines,
+    new_name,
+    run_worker,
+    settings_env,
+    start_worker,
+    stop,
+    wait_registered,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
-ALLOW = rh.ALLOW_ARGS
+ALLOW = ALLOW_ARGS
 # Fast failure detection for the tests that kill workers on purpose (not the defaults test).
-FAST_RECOVERY = rh.worker_env(worker_ttl_seconds=3, heartbeat_interval_seconds=1, recovery_interval_seconds=0.5)
+FAST_RECOVERY = settings_env(worker_ttl_seconds=3, heartbeat_interval_seconds=1, recovery_interval_seconds=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +73,7 @@ def server(redis_url: str, redis_server: Any) -> Any:
 @pytest.fixture
 def conn(redis: Redis[bytes]) -> Redis[bytes]:
     """conftest's client of that server, flushed before and after the test (worker processes
-    started through ``helpers`` are killed before the final flush)."""
+    started through ``support.workers`` are killed before the final flush)."""
     return redis
 
 
@@ -82,17 +94,17 @@ def start(
     env: dict[str, str] | None = None,
     conn: Redis[bytes] | None = None,
     extra: tuple[str, ...] = (),
-) -> helpers.WorkerProcess:
-    proc = helpers.start_worker(server.url, strategy, concurrency, extra_args=(*ALLOW, *extra), env=env)
+) -> WorkerProcess:
+    proc = start_worker(server.url, strategy, concurrency, extra_args=(*ALLOW, *extra), env=env)
     if conn is not None:
-        helpers.wait_registered(conn, proc)
+        wait_registered(conn, proc)
     return proc
 
 
 def records(conn: Redis[bytes], ids: list[str]) -> list[dict[str, Any]]:
     out = []
     for i in ids:
-        o = rh.outcome(conn, i)
+        o = outcome(conn, i)
         assert o.status == "finished", f"job {i} is {o.status}: {o.exc_string}"
         out.append(o.return_value)
     return out
@@ -109,7 +121,7 @@ def hint(kind: str) -> dict[str, str]:
 
 def assert_pool_width(
     conn: Redis[bytes],
-    proc: helpers.WorkerProcess,
+    proc: WorkerProcess,
     width: int,
     seconds: float = 1.5,
     hints: list[str] | None = None,
@@ -122,9 +134,9 @@ def assert_pool_width(
     metas = [hint(h) for h in hints] if hints else [None] * width
     assert len(metas) == width
     ids = [q.enqueue("worker.jobs.io", seconds=seconds, meta=m).id for m in metas]
-    rh.wait_ended(conn, ids, 30, proc, f"{width} jobs to prove the pool width")
+    wait_ended(conn, ids, 30, proc, f"{width} jobs to prove the pool width")
     recs = records(conn, ids)
-    assert helpers.overlap(recs) == width, f"expected {width} jobs at once, records: {recs}\n{proc.describe()}"
+    assert overlap(recs) == width, f"expected {width} jobs at once, records: {recs}\n{proc.describe()}"
     return recs
 
 
@@ -185,18 +197,18 @@ def test_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
         job_timeout=90,
         meta=hint(beside_hint) if beside_hint else None,
     )
-    helpers.wait_for(lambda: rh.status(conn, beside.id) == "started", 20, what="the job beside to start")
+    wait_for(lambda: status(conn, beside.id) == "started", 20, what="the job beside to start")
     overdue = {
         "sleep": q.enqueue("tests.jobs.sleep_for", 60, job_timeout=2, meta=meta_over),
         "busy_loop": q.enqueue("tests.jobs.busy_loop", 60, job_timeout=2, meta=meta_over),
         "sigalrm_blocked": q.enqueue("tests.jobs.sleep_ignoring_sigalrm", 60, job_timeout=2, meta=meta_over),
     }
-    first_start = rh.outcome(conn, beside.id).started_at
-    rh.wait_ended(conn, [j.id for j in overdue.values()], 2 + 5 + 20, worker, "the overdue jobs to fail")
+    first_start = outcome(conn, beside.id).started_at
+    wait_ended(conn, [j.id for j in overdue.values()], 2 + 5 + 20, worker, "the overdue jobs to fail")
     killed = []
     took: dict[str, float] = {}
     for kind, job in overdue.items():
-        o = rh.outcome(conn, job.id)
+        o = outcome(conn, job.id)
         assert o.status == "failed", f"{kind}: {o}"
         assert "timeout" in o.exc_string.lower(), f"{kind}: {o.exc_string}"
         assert o.run_seconds is not None and o.run_seconds <= 2 + 5, f"{kind} ran {o.run_seconds} s"
@@ -207,27 +219,27 @@ def test_hard_timeout_kills_sleep_busy_loop_and_sigalrm_blocker(
         took[kind] = o.run_seconds
     print(f"\n[{strategy}] job_timeout=2: failed after " + ", ".join(f"{k} {v:.2f} s" for k, v in took.items()))
     for pid in killed:
-        helpers.wait_for(lambda p=pid: pid_gone(p), 10, what=f"killed child {pid} to be gone")
+        wait_for(lambda p=pid: pid_gone(p), 10, what=f"killed child {pid} to be gone")
 
     # the job beside them: still running (hybrid: running again, after a re-queue)
     if strategy == "hybrid":
-        texts = " ".join(rh.outcome(conn, j.id).exc_string for j in overdue.values())
+        texts = " ".join(outcome(conn, j.id).exc_string for j in overdue.values())
         assert re.search(r"\d job\(s\) running beside it re-queued", texts), texts
-        helpers.wait_for(lambda: rh.executions(runs)["beside"] == 2, 20, what="the job beside to run again")
+        wait_for(lambda: executions(runs)["beside"] == 2, 20, what="the job beside to run again")
     else:
         time.sleep(0.5)  # a (wrong) restart of the job beside would be recorded by now
-    assert rh.status(conn, beside.id) == "started"
-    again = rh.outcome(conn, beside.id).started_at
+    assert status(conn, beside.id) == "started"
+    again = outcome(conn, beside.id).started_at
     pids = [int(line.split()[1]) for line in Path(runs).read_text().splitlines()]
     print(f"[{strategy}] the job beside ran in {pids}; killed children {killed}")
     if strategy == "hybrid":
         assert pids[0] in killed and pids[1] not in killed, (pids, killed, worker.describe())
         assert first_start is not None and again is not None and again > first_start, (first_start, again)
     else:
-        assert rh.executions(runs) == {"beside": 1}
+        assert executions(runs) == {"beside": 1}
         assert again == first_start, "the job beside the overdue ones was restarted"
     release.touch()
-    rh.wait_ended(conn, [beside.id], 20, worker)
+    wait_ended(conn, [beside.id], 20, worker)
     (rec,) = records(conn, [beside.id])
     assert rec["pid"] not in killed
     assert FailedJobRegistry("default", connection=conn).count == 3
@@ -249,7 +261,7 @@ def test_thread_timeout_fails_job_counts_runaway_and_keeps_pool_size(
     timeout (the thread cannot be killed); the runaway thread is counted (log, metric), a job
     beside it finishes, the thread pool keeps its size (3 jobs still overlap 3-wide while the
     runaway thread still sleeps), and the runaway's late return does not overwrite the failure."""
-    metrics_port = rh.free_port()
+    metrics_port = free_port()
     if strategy == "auto":  # 3 threads + 1 process child; io-hinted jobs never leave the threads
         extra: tuple[str, ...] = ("--processes", "1")
         concurrency, meta, hints = 4, hint("io"), ["io"] * 3
@@ -262,24 +274,24 @@ def test_thread_timeout_fails_job_counts_runaway_and_keeps_pool_size(
     overdue = q.enqueue("tests.jobs.sleep_for", runaway_seconds, job_timeout=2, meta=meta)
     beside = q.enqueue("tests.jobs.wait_file", str(release), 60, job_timeout=90, meta=meta)
 
-    rh.wait_ended(conn, [overdue.id], 2 + 5 + 10, worker, "the overdue thread job to fail")
-    o = rh.outcome(conn, overdue.id)
+    wait_ended(conn, [overdue.id], 2 + 5 + 10, worker, "the overdue thread job to fail")
+    o = outcome(conn, overdue.id)
     assert o.status == "failed"
     assert "timeout" in o.exc_string.lower(), o.exc_string
     assert o.run_seconds is not None and o.run_seconds <= 2 + 5, o
     print(f"\n[{strategy}] thread job with job_timeout=2 failed after {o.run_seconds:.2f} s")
     assert overdue.id in FailedJobRegistry("default", connection=conn).get_job_ids()
 
-    helpers.wait_for(lambda: "runaway" in worker.output(), 10, what="the runaway thread to be counted in the log")
+    wait_for(lambda: "runaway" in worker.output(), 10, what="the runaway thread to be counted in the log")
     assert re.search(r"\(1 runaway so far\)", worker.output()), worker.describe()
-    counted = helpers.wait_for(lambda: rh.metric(metrics_port, "poolq_runaway_threads_total"), 10, 0.2)
+    counted = wait_for(lambda: metric(metrics_port, "poolq_runaway_threads_total"), 10, 0.2)
     assert counted == 1, f"poolq_runaway_threads_total = {counted}"
 
     # the pool is still 3 wide while the runaway thread still sleeps (it ends at started+12 s)
-    assert rh.status(conn, beside.id) == "started"
+    assert status(conn, beside.id) == "started"
     recs = assert_pool_width(conn, worker, 2, hints=hints and hints[:2])  # two free slots beside the waiting job ...
     release.touch()
-    rh.wait_ended(conn, [beside.id], 20, worker)
+    wait_ended(conn, [beside.id], 20, worker)
     recs3 = assert_pool_width(conn, worker, 3, hints=hints)  # ... and then all three
     assert {r["pid"] for r in recs + recs3} == {worker.pid}, "a thread job ran outside the worker process"
     assert o.started_at is not None
@@ -288,8 +300,8 @@ def test_thread_timeout_fails_job_counts_runaway_and_keeps_pool_size(
     )
 
     # the runaway function returns later: the job stays failed
-    helpers.wait_for(lambda: time.time() > o.started_at.timestamp() + runaway_seconds + 1, runaway_seconds + 5)
-    again = rh.outcome(conn, overdue.id)
+    wait_for(lambda: time.time() > o.started_at.timestamp() + runaway_seconds + 1, runaway_seconds + 5)
+    again = outcome(conn, overdue.id)
     assert again.status == "failed", again
     assert worker.poll() is None
 
@@ -326,7 +338,7 @@ def test_crashing_children_fail_only_their_job(
         q.enqueue("tests.jobs.record_until_file", runs, f"b{i}", str(release), 60, job_timeout=90, meta=h and hint(h))
         for i, h in enumerate(beside_hints)
     ]
-    helpers.wait_for(lambda: all(rh.status(conn, j.id) == "started" for j in besides), 20, what="beside jobs")
+    wait_for(lambda: all(status(conn, j.id) == "started" for j in besides), 20, what="beside jobs")
     meta = hint("cpu") if strategy == "auto" else None
     crashes = {
         "exited with code 3": q.enqueue("tests.jobs.exit_code", 3, meta=meta),
@@ -334,21 +346,21 @@ def test_crashing_children_fail_only_their_job(
         "SIGSEGV": q.enqueue("tests.jobs.segfault", meta=meta),
         "SIGKILL": q.enqueue("tests.jobs.oom_like", meta=meta),
     }
-    rh.wait_ended(conn, [j.id for j in crashes.values()], 40, worker, "the crashing jobs to fail")
+    wait_ended(conn, [j.id for j in crashes.values()], 40, worker, "the crashing jobs to fail")
     for expected, job in crashes.items():
-        o = rh.outcome(conn, job.id)
+        o = outcome(conn, job.id)
         assert o.status == "failed", o
         assert expected in o.exc_string, f"{job.func_name}: expected {expected!r} in the failure:\n{o.exc_string}"
         assert "ChildCrashed" in o.exc_string, o.exc_string
         assert job.id in FailedJobRegistry("default", connection=conn).get_job_ids()
 
-    assert all(rh.status(conn, j.id) == "started" for j in besides), "a crash disturbed the jobs beside it"
+    assert all(status(conn, j.id) == "started" for j in besides), "a crash disturbed the jobs beside it"
     release.touch()
-    rh.wait_ended(conn, [j.id for j in besides], 20, worker)
+    wait_ended(conn, [j.id for j in besides], 20, worker)
     recs = records(conn, [j.id for j in besides])
-    crashed_pids = {child_pid_in(rh.outcome(conn, j.id).exc_string) for j in crashes.values()}
+    crashed_pids = {child_pid_in(outcome(conn, j.id).exc_string) for j in crashes.values()}
     assert not {r["pid"] for r in recs} & crashed_pids
-    counts = rh.executions(runs)
+    counts = executions(runs)
     if strategy == "hybrid":
         assert sorted(counts.values()) == [1, 2], f"expected one job beside re-run alone once: {counts}"
         assert "re-running job" in worker.output(), worker.describe()
@@ -374,22 +386,22 @@ def test_auto_crash_in_its_thread_pool_takes_the_worker_down_and_jobs_are_recove
     q = queue(conn)
     release = tmp_path / "release"
     beside = q.enqueue("tests.jobs.record_until_file", runs, "beside", str(release), 60, meta=hint("io"))
-    helpers.wait_for(lambda: rh.executions(runs)["beside"] == 1, 20, what="the job beside to run")
+    wait_for(lambda: executions(runs)["beside"] == 1, 20, what="the job beside to run")
     segv = q.enqueue("tests.jobs.segfault", meta=hint("io"))
     code = a.wait(20)
     assert code == -signal.SIGSEGV, f"the auto worker exited {code}, not by SIGSEGV\n{a.describe()}"
-    helpers.kill_group(a.pid)  # its forkserver and child, as a supervisor would on the crash
+    kill_group(a.pid)  # its forkserver and child, as a supervisor would on the crash
 
     b = start(server, "process", 2, env=FAST_RECOVERY, conn=conn)
     release.touch()
-    rh.wait_ended(conn, [beside.id, segv.id], 30, b, "the dead auto worker's jobs to be recovered")
-    assert rh.executions(runs)["beside"] == 2
+    wait_ended(conn, [beside.id, segv.id], 30, b, "the dead auto worker's jobs to be recovered")
+    assert executions(runs)["beside"] == 2
     records(conn, [beside.id])
-    o = rh.outcome(conn, segv.id)
+    o = outcome(conn, segv.id)
     assert o.status == "failed" and "ChildCrashed" in o.exc_string and "SIGSEGV" in o.exc_string, o
     for j in (beside, segv):
         assert conn.hget(j.key, "poolq_redeliveries") == b"1"
-    assert helpers.stop(b, timeout=30) == 0, b.describe()
+    assert stop(b, timeout=30) == 0, b.describe()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,8 +420,8 @@ def test_kill9_jobs_recovered_within_bound_with_defaults(
     q = queue(conn)
     jobs = [q.enqueue("tests.jobs.record", runs, f"j{i}", 3.0, job_timeout=60) for i in range(3)]
     waiting = [q.enqueue("tests.jobs.record", runs, f"w{i}", 0.1) for i in range(3)]
-    helpers.wait_for(lambda: len(rh.executions(runs)) == 3, 30, what="3 jobs running in worker A")
-    killed_at = rh.kill9_group(a)
+    wait_for(lambda: len(executions(runs)) == 3, 30, what="3 jobs running in worker A")
+    killed_at = kill9_group(a)
 
     b = start(server, strategy, 3)
     recovered_at: dict[str, float] = {}
@@ -422,21 +434,21 @@ def test_kill9_jobs_recovered_within_bound_with_defaults(
             raise AssertionError(f"worker B exited: {b.describe()}")
         return len(recovered_at) == len(jobs)
 
-    helpers.wait_for(all_recovered, 30 + 10, 0.1, "the dead worker's jobs to be re-queued")
+    wait_for(all_recovered, 30 + 10, 0.1, "the dead worker's jobs to be re-queued")
     recovery = max(recovered_at.values()) - killed_at
     print(f"\n[{strategy}] recovery after kill -9 with defaults: {recovery:.1f} s (bound 30 s)")
     assert recovery <= 30, f"jobs re-queued {recovery:.1f} s after the kill (bound 30 s)\n{b.describe()}"
 
-    rh.wait_ended(conn, [j.id for j in jobs + waiting], 30, b)
+    wait_ended(conn, [j.id for j in jobs + waiting], 30, b)
     records(conn, [j.id for j in jobs + waiting])
-    counts = rh.executions(runs)
+    counts = executions(runs)
     assert {f"j{i}": 2 for i in range(3)} == {k: v for k, v in counts.items() if k.startswith("j")}, counts
     assert {f"w{i}": 1 for i in range(3)} == {k: v for k, v in counts.items() if k.startswith("w")}, counts
     for j in jobs:
         assert conn.hget(j.key, "poolq_redeliveries") == b"1"
     assert StartedJobRegistry("default", connection=conn).get_job_ids() == []
     assert FailedJobRegistry("default", connection=conn).get_job_ids() == []
-    assert helpers.stop(b, timeout=30) == 0
+    assert stop(b, timeout=30) == 0
 
 
 @pytest.mark.timeout(90)
@@ -445,7 +457,7 @@ def test_job_abandoned_after_max_redeliveries(server: Any, conn: Redis[bytes], r
     its next worker is killed too; the third worker fails it as abandoned, with that reason, in
     FailedJobRegistry. It ran exactly twice, and its failure callback ran once, with RQ's
     AbandonedJobError, as RQ's own clean-up calls it."""
-    env = {**FAST_RECOVERY, **rh.worker_env(max_redeliveries=1)}
+    env = {**FAST_RECOVERY, **settings_env(max_redeliveries=1)}
     q = queue(conn)
     job = q.enqueue(
         "tests.jobs.record",
@@ -457,25 +469,25 @@ def test_job_abandoned_after_max_redeliveries(server: Any, conn: Redis[bytes], r
     )
 
     a = start(server, "thread", 1, env=env)
-    helpers.wait_for(lambda: rh.executions(runs)["victim"] == 1, 30, what="the first execution")
-    rh.kill9_group(a)
+    wait_for(lambda: executions(runs)["victim"] == 1, 30, what="the first execution")
+    kill9_group(a)
     b = start(server, "thread", 1, env=env)
-    helpers.wait_for(lambda: rh.executions(runs)["victim"] == 2, 30, what="the redelivery to run")
+    wait_for(lambda: executions(runs)["victim"] == 2, 30, what="the redelivery to run")
     assert conn.hget(job.key, "poolq_redeliveries") == b"1"
-    rh.kill9_group(b)
+    kill9_group(b)
     c = start(server, "thread", 1, env=env)
 
-    rh.wait_ended(conn, [job.id], 30, c, "the job to fail as abandoned")
-    o = rh.outcome(conn, job.id)
+    wait_ended(conn, [job.id], 30, c, "the job to fail as abandoned")
+    o = outcome(conn, job.id)
     assert o.status == "failed"
     assert "abandoned" in o.exc_string.lower(), o.exc_string
     assert job.id in FailedJobRegistry("default", connection=conn).get_job_ids()
-    assert rh.executions(runs)["victim"] == 2
-    assert rh.status(conn, job.id) == "failed"
+    assert executions(runs)["victim"] == 2
+    assert status(conn, job.id) == "failed"
     assert job.id.encode() not in conn.lrange("rq:queue:default", 0, -1)
-    called = helpers.wait_for(lambda: conn.get(f"cb:{job.id}:failure"), 15, what="the failure callback")
+    called = wait_for(lambda: conn.get(f"cb:{job.id}:failure"), 15, what="the failure callback")
     assert called.decode().startswith("AbandonedJobError"), called
-    assert helpers.stop(c, timeout=30) == 0
+    assert stop(c, timeout=30) == 0
 
 
 @pytest.mark.timeout(90)
@@ -488,23 +500,23 @@ def test_several_recovering_workers_never_requeue_a_job_twice(server: Any, conn:
     q = queue(conn)
     jobs = [q.enqueue("tests.jobs.record", runs, f"t{i}", 2.0, job_timeout=60) for i in range(n)]
     a = start(server, "thread", n, env=FAST_RECOVERY, conn=conn)
-    helpers.wait_for(lambda: len(rh.executions(runs)) == n, 30, what=f"{n} jobs running in worker A")
-    rh.kill9_group(a)
+    wait_for(lambda: len(executions(runs)) == n, 30, what=f"{n} jobs running in worker A")
+    kill9_group(a)
     time.sleep(3 + 1.5)  # WORKER_WORKER_TTL_SECONDS=3: A now counts as dead for every scan
 
     others = [start(server, "thread", n // recoverers, env=FAST_RECOVERY) for _ in range(recoverers)]
-    rh.wait_ended(conn, [j.id for j in jobs], 60, others[0])
+    wait_ended(conn, [j.id for j in jobs], 60, others[0])
     assert all(w.poll() is None for w in others), [w.describe() for w in others if w.poll() is not None]
     records(conn, [j.id for j in jobs])
-    counts = rh.executions(runs)
+    counts = executions(runs)
     twice = {f"t{i}": 2 for i in range(n)}
     assert counts == twice, {k: v for k, v in counts.items() if v != 2}
     assert [conn.hget(j.key, "poolq_redeliveries") for j in jobs] == [b"1"] * n
-    lines = [rh.log_lines(w.output(), "re-queued job") for w in others]
+    lines = [log_lines(w.output(), "re-queued job") for w in others]
     print(f"\nrecovering workers: re-queued {[len(x) for x in lines]} of {n} jobs between them")
     assert sum(len(x) for x in lines) == n, "\n".join(line for x in lines for line in x)
     for w in others:
-        assert helpers.stop(w, timeout=30) == 0, w.describe()
+        assert stop(w, timeout=30) == 0, w.describe()
 
 
 @pytest.mark.timeout(90)
@@ -513,22 +525,22 @@ def test_supervisor_restart_with_the_same_name_after_kill9(server: Any, conn: Re
     under the same name (a fixed WORKER_NAME, or the default <hostname>.<pid> of a container's
     pid 1). The new incarnation must start and keep running, and the jobs its dead predecessor
     held must be recovered within the 30 s bound (default settings) and finish."""
-    name = helpers.new_name("fixed")
+    name = new_name("fixed")
     q = queue(conn)
     jobs = [q.enqueue("tests.jobs.record", runs, f"s{i}", 3.0, job_timeout=60) for i in range(2)]
-    a = helpers.start_worker(server.url, "thread", 2, extra_args=ALLOW, name=name)
-    helpers.wait_for(lambda: len(rh.executions(runs)) == 2, 30, what="2 jobs running")
-    killed_at = rh.kill9_group(a)
-    b = helpers.start_worker(server.url, "thread", 2, extra_args=ALLOW, name=name)
+    a = start_worker(server.url, "thread", 2, extra_args=ALLOW, name=name)
+    wait_for(lambda: len(executions(runs)) == 2, 30, what="2 jobs running")
+    killed_at = kill9_group(a)
+    b = start_worker(server.url, "thread", 2, extra_args=ALLOW, name=name)
     time.sleep(3)
     assert b.poll() is None, f"the restarted worker did not start: {b.describe()}"
-    rh.wait_ended(conn, [j.id for j in jobs], 30 + 3 + 10, b, "the predecessor's jobs to be recovered and run")
-    ended = max(rh.outcome(conn, j.id).result_created_at.timestamp() for j in jobs)  # type: ignore[union-attr]
+    wait_ended(conn, [j.id for j in jobs], 30 + 3 + 10, b, "the predecessor's jobs to be recovered and run")
+    ended = max(outcome(conn, j.id).result_created_at.timestamp() for j in jobs)  # type: ignore[union-attr]
     print(f"\nsame-name restart: jobs recovered and finished {ended - killed_at:.1f} s after the kill")
     assert ended - killed_at <= 30 + 3 + 1, f"{ended - killed_at:.1f} s\n{b.describe()}"
     records(conn, [j.id for j in jobs])
-    assert rh.executions(runs) == {"s0": 2, "s1": 2}
-    assert helpers.stop(b, timeout=30) == 0
+    assert executions(runs) == {"s0": 2, "s1": 2}
+    assert stop(b, timeout=30) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,31 +558,31 @@ DRAIN_STRATEGIES = ["thread", "process", "inline", "hybrid", "auto"]
 
 def _drain_setup(
     server: Any, conn: Redis[bytes], runs: str, strategy: str, shutdown_timeout: float, seconds: float
-) -> tuple[helpers.WorkerProcess, list[str], list[str]]:
+) -> tuple[WorkerProcess, list[str], list[str]]:
     """A worker whose every slot runs a job of ``seconds`` and 3 more jobs waiting in the queue."""
     cap = CAPACITY[strategy]
-    env = rh.worker_env(shutdown_timeout=shutdown_timeout)
+    env = settings_env(shutdown_timeout=shutdown_timeout)
     worker = start(server, strategy, cap, env=env, conn=conn, extra=DRAIN_ARGS.get(strategy, ()))
     q = queue(conn)
     metas = [hint(h) for h in DRAIN_HINTS[strategy]] if strategy in DRAIN_HINTS else [None] * cap
     running = [
         q.enqueue("tests.jobs.record", runs, f"r{i}", seconds, job_timeout=120, meta=metas[i]).id for i in range(cap)
     ]
-    helpers.wait_for(lambda: len(rh.executions(runs)) == cap, 30, what="every slot to run a job")
+    wait_for(lambda: len(executions(runs)) == cap, 30, what="every slot to run a job")
     waiting = [q.enqueue("tests.jobs.record", runs, f"q{i}", 0.0).id for i in range(3)]
     return worker, running, waiting
 
 
-def _stop_timed(worker: helpers.WorkerProcess, second: bool = False) -> tuple[int, float]:
+def _stop_timed(worker: WorkerProcess, second: bool = False) -> tuple[int, float]:
     t0 = time.monotonic()
-    code = helpers.stop(worker, signal.SIGTERM, second=signal.SIGTERM if second else None, timeout=60)
+    code = stop(worker, signal.SIGTERM, second=signal.SIGTERM if second else None, timeout=60)
     return code, time.monotonic() - t0
 
 
-def _assert_requeued(conn: Redis[bytes], ids: list[str], worker: helpers.WorkerProcess) -> None:
+def _assert_requeued(conn: Redis[bytes], ids: list[str], worker: WorkerProcess) -> None:
     in_queue = queue(conn).get_job_ids()
     for i in ids:
-        assert rh.status(conn, i) == "queued", f"job {i} is {rh.status(conn, i)}\n{worker.describe()}"
+        assert status(conn, i) == "queued", f"job {i} is {status(conn, i)}\n{worker.describe()}"
         assert i in in_queue, f"job {i} is not back in the queue {in_queue}\n{worker.describe()}"
     assert StartedJobRegistry("default", connection=conn).get_job_ids() == []
     assert conn.llen(queue(conn).intermediate_queue_key) == 0
@@ -589,11 +601,11 @@ def test_sigterm_drains_running_jobs_exactly_once(server: Any, conn: Redis[bytes
     assert code == 0, worker.describe()
     assert took <= timeout + 2, f"exit {took:.1f} s after SIGTERM\n{worker.describe()}"
     for i in running:
-        assert rh.outcome(conn, i).status == "finished", worker.describe()
-    counts = rh.executions(runs)
+        assert outcome(conn, i).status == "finished", worker.describe()
+    counts = executions(runs)
     assert {k: v for k, v in counts.items() if k.startswith("r")} == {f"r{i}": 1 for i in range(len(running))}
     assert not any(k.startswith("q") for k in counts), f"a job was dequeued after SIGTERM: {counts}"
-    assert [rh.status(conn, i) for i in waiting] == ["queued"] * 3
+    assert [status(conn, i) for i in waiting] == ["queued"] * 3
     assert queue(conn).get_job_ids() == waiting
     assert not conn.sismember("rq:workers", f"rq:worker:{worker.name}")
 
@@ -614,7 +626,7 @@ def test_sigterm_requeues_jobs_longer_than_shutdown_timeout(
     assert took <= timeout + 2, f"exit {took:.1f} s after SIGTERM\n{worker.describe()}"
     _assert_requeued(conn, running, worker)
     assert set(queue(conn).get_job_ids()) == set(running) | set(waiting)
-    assert all(v == 1 for v in rh.executions(runs).values())
+    assert all(v == 1 for v in executions(runs).values())
 
 
 @pytest.mark.timeout(90)
@@ -648,11 +660,11 @@ def test_ctrl_c_to_the_process_group_drains_like_sigterm(
     took = time.monotonic() - t0
     assert code == 0, worker.describe()
     assert took <= timeout + 2, f"exit {took:.1f} s after SIGINT\n{worker.describe()}"
-    assert [rh.outcome(conn, i).status for i in running] == ["finished"] * len(running), worker.describe()
-    counts = rh.executions(runs)
+    assert [outcome(conn, i).status for i in running] == ["finished"] * len(running), worker.describe()
+    counts = executions(runs)
     assert {k: v for k, v in counts.items() if k.startswith("r")} == {f"r{i}": 1 for i in range(len(running))}
-    assert [rh.status(conn, i) for i in waiting] == ["queued"] * 3
-    helpers.wait_for(lambda: not helpers.group_members(worker.pid), 10, what="the forkserver and children to exit")
+    assert [status(conn, i) for i in waiting] == ["queued"] * 3
+    wait_for(lambda: not group_members(worker.pid), 10, what="the forkserver and children to exit")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,17 +677,16 @@ def test_redis_killed_and_restarted_worker_resumes_and_loses_nothing(tmp_path: P
     and restarted 10 s later on the same port and directory. The worker never exits, resumes
     within 5 s of Redis returning (jobs enqueued after the restart run), and every job enqueued
     before the kill finishes; the jobs cut off by the outage ran once."""
-    (tmp_path / "redis").mkdir()
-    srv = rh.RedisServer(aof=True, directory=str(tmp_path / "redis")).start()
+    srv = RedisServer(tmp_path / "redis", appendonly=True, fsync="everysec").start()
     runs = str(tmp_path / "executions.log")
     conn = srv.client(socket_timeout=5)
     try:
-        worker = helpers.start_worker(srv.url, "thread", 4, extra_args=ALLOW)
-        helpers.wait_registered(conn, worker)
+        worker = start_worker(srv.url, "thread", 4, extra_args=ALLOW)
+        wait_registered(conn, worker)
         q = queue(conn)
         before = [q.enqueue("tests.jobs.record", runs, f"long{i}", 6.0, job_timeout=120).id for i in range(4)]
         before += [q.enqueue("tests.jobs.record", runs, f"short{i}", 0.2).id for i in range(8)]
-        helpers.wait_for(lambda: len(rh.executions(runs)) == 4, 30, what="4 long jobs running")
+        wait_for(lambda: len(executions(runs)) == 4, 30, what="4 long jobs running")
         time.sleep(2.0)  # > 1 s: with appendfsync everysec, what the worker wrote so far is on disk
         srv.kill()
         conn.close()
@@ -691,18 +702,18 @@ def test_redis_killed_and_restarted_worker_resumes_and_loses_nothing(tmp_path: P
         q = queue(conn)
         after = [q.enqueue("tests.jobs.record", runs, f"after{i}", 0.1).id for i in range(4)]
         # the 4 long jobs end, the 8 waiting ones run, then the new ones: well within 5 s + work
-        rh.wait_ended(conn, before + after, 5 + 20, worker, "every job after Redis came back")
-        resumed = min(rh.outcome(conn, i).started_at.timestamp() for i in before[4:] + after) - restarted
+        wait_ended(conn, before + after, 5 + 20, worker, "every job after Redis came back")
+        resumed = min(outcome(conn, i).started_at.timestamp() for i in before[4:] + after) - restarted
         print(f"\nRedis outage: first job started {resumed:.1f} s after Redis returned (bound 5 s)")
         assert resumed <= 5 + 1, f"worker resumed {resumed:.1f} s after Redis came back\n{worker.describe()}"
         for i in before + after:
-            o = rh.outcome(conn, i)
+            o = outcome(conn, i)
             assert o.status == "finished", f"{i}: {o}\n{worker.describe()}"
-        counts = rh.executions(runs)
+        counts = executions(runs)
         assert all(counts[f"long{i}"] == 1 for i in range(4)), counts
         assert sum(counts.values()) == len(before) + len(after), counts
         assert worker.poll() is None
-        assert helpers.stop(worker, timeout=30) == 0, worker.describe()
+        assert stop(worker, timeout=30) == 0, worker.describe()
     finally:
         conn.close()
         srv.stop()
@@ -712,9 +723,9 @@ def test_redis_killed_and_restarted_worker_resumes_and_loses_nothing(tmp_path: P
 def test_redis_unreachable_at_start_one_line_then_exit_nonzero() -> None:
     """No Redis at the URL: the worker logs one clear line, retries, and with
     WORKER_REDIS_WAIT=2 gives up with a non-zero exit within a few seconds (here 2 + 5 s)."""
-    url = f"redis://127.0.0.1:{rh.free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     t0 = time.monotonic()
-    run = helpers.run_worker(url, "thread", 1, env={"WORKER_REDIS_WAIT": "2"}, burst=False, timeout=50)
+    run = run_worker(url, "thread", 1, env={"WORKER_REDIS_WAIT": "2"}, burst=False, timeout=50)
     took = time.monotonic() - t0
     print(f"\nRedis unreachable at start: exit {run.returncode} after {took:.1f} s (WORKER_REDIS_WAIT=2)")
     assert run.returncode != 0, run.describe()
@@ -778,12 +789,12 @@ def _poison(conn: Redis[bytes]) -> tuple[list[str], dict[str, str]]:
 def _assert_poison_outcome(conn: Redis[bytes], good: list[str], bad: dict[str, str], output: str) -> None:
     problems = []
     for i in good:
-        o = rh.outcome(conn, i)
+        o = outcome(conn, i)
         if o.status != "finished":
             problems.append(f"good job {i}: status={o.status} {o.exc_string[-200:]!r}")
     failed = set(FailedJobRegistry("default", connection=conn).get_job_ids())
     for kind, i in bad.items():
-        o = rh.outcome(conn, i)
+        o = outcome(conn, i)
         if i not in failed or o.status != "failed" or not o.exc_string.strip():
             reason = o.exc_string.strip().splitlines()[-1:] if o.exc_string.strip() else "(none)"
             problems.append(f"{kind} ({i}): status={o.status} in FailedJobRegistry={i in failed} reason={reason}")
@@ -806,16 +817,16 @@ def test_poison_input_fails_bad_jobs_and_never_stops_the_worker(server: Any, con
     def settled() -> bool:
         assert worker.poll() is None, worker.describe()
         return (
-            all(rh.status(conn, i) == "finished" for i in good)
+            all(status(conn, i) == "finished" for i in good)
             and conn.llen(queue(conn).key) == 0
             and not StartedJobRegistry("default", connection=conn).get_job_ids()
         )
 
-    helpers.wait_for(settled, 40, 0.1, "the good jobs to finish and the queue to empty")
+    wait_for(settled, 40, 0.1, "the good jobs to finish and the queue to empty")
     time.sleep(1.0)  # whatever the worker still had to write about the last jobs
     assert worker.poll() is None, worker.describe()
     _assert_poison_outcome(conn, good, bad, worker.output())
-    assert helpers.stop(worker, timeout=30) == 0, worker.describe()
+    assert stop(worker, timeout=30) == 0, worker.describe()
 
 
 @pytest.mark.timeout(60)
@@ -823,7 +834,7 @@ def test_poison_input_does_not_end_a_burst_worker_early(server: Any, conn: Redis
     """The same mix for a burst worker (RQ 2.12's worker exits 0 at a bad created_at): it exits
     0 only once every job is done — good ones finished, bad ones failed with a reason."""
     good, bad = _poison(conn)
-    run = helpers.run_worker(server.url, "thread", 2, extra_args=ALLOW, timeout=60)
+    run = run_worker(server.url, "thread", 2, extra_args=ALLOW, timeout=60)
     assert run.returncode == 0, run.describe()
     _assert_poison_outcome(conn, good, bad, run.stderr)
 
@@ -864,14 +875,14 @@ def test_injection_pickle_reduce_and_os_system_never_run(server: Any, conn: Redi
     evil_system = q.enqueue("os.system", f"touch {sentinel_system}")
     ok = q.enqueue("tests.jobs.touch_sentinel", str(tmp_path / "ok"))
 
-    run = helpers.run_worker(server.url, "thread", 2, extra_args=ALLOW, timeout=60)
+    run = run_worker(server.url, "thread", 2, extra_args=ALLOW, timeout=60)
     assert run.returncode == 0, run.describe()
-    assert rh.outcome(conn, ok.id).status == "finished"
+    assert outcome(conn, ok.id).status == "finished"
     assert (tmp_path / "ok").exists()
     assert not sentinel_pickle.exists(), "the pickle payload was unpickled by the JSON worker"
     assert not sentinel_system.exists(), "os.system ran"
     failed = FailedJobRegistry("default", connection=conn).get_job_ids()
-    o_pickle, o_system = rh.outcome(conn, evil_pickle.id), rh.outcome(conn, evil_system.id)
+    o_pickle, o_system = outcome(conn, evil_pickle.id), outcome(conn, evil_system.id)
     assert evil_pickle.id in failed and o_pickle.status == "failed", o_pickle
     assert evil_system.id in failed and o_system.status == "failed", o_system
     assert re.search(r"not allowed|could not be loaded|deserializ", o_pickle.exc_string, re.I), o_pickle.exc_string
@@ -895,13 +906,13 @@ def test_memory_guard_replaces_child_above_cap(server: Any, conn: Redis[bytes], 
     q = queue(conn)
     meta = hint("cpu") if strategy == "auto" else None
     ids = [q.enqueue("tests.jobs.leak", leak_mb, meta=meta).id for _ in range(n)]
-    worker = start(server, strategy, 1, env=rh.worker_env(max_child_memory_mb=cap_mb))
+    worker = start(server, strategy, 1, env=settings_env(max_child_memory_mb=cap_mb))
     peak: dict[int, int] = {}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            for pid in helpers.descendants(worker.pid):
+            for pid in descendants(worker.pid):
                 with contextlib.suppress(psutil.Error):
                     rss = psutil.Process(pid).memory_info().rss
                     peak[pid] = max(peak.get(pid, 0), rss)
@@ -910,7 +921,7 @@ def test_memory_guard_replaces_child_above_cap(server: Any, conn: Redis[bytes], 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        rh.wait_ended(conn, ids, 60, worker, "the leaking jobs")
+        wait_ended(conn, ids, 60, worker, "the leaking jobs")
     finally:
         stop.set()
         sampler.join(5)
@@ -936,4 +947,4 @@ def test_memory_guard_replaces_child_above_cap(server: Any, conn: Redis[bytes], 
     runs_of = [p for k, p in enumerate(pids) if k == 0 or pids[k - 1] != p]
     assert len(runs_of) == len(set(runs_of)), pids
     assert "WORKER_MAX_CHILD_MEMORY_MB" in worker.output()
-    assert helpers.stop(worker, timeout=30) == 0
+    assert stop(worker, timeout=30) == 0

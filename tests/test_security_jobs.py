@@ -17,14 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import helpers
-import metrics_helpers as mh
 import pytest
-from helpers import REPO_ROOT, RQ_CLI, assert_ok, fetch, json_queue, run_worker, worker_env
 from redis import Redis
 from rq import Callback
 from rq.registry import FailedJobRegistry
 from rq.webhook import Webhook
+from support import metrics as mh
+from support.base import PYTHON, REPO_ROOT, RQ_CLI, free_port, wait_for
+from support.rq_jobs import fetch, json_queue
+from support.workers import assert_ok, run_worker, start_worker, stop, worker_env
 
 from worker.strategies import STRATEGIES
 
@@ -306,9 +307,9 @@ def test_webhooks_go_only_to_allowed_hosts_and_never_for_refused_jobs(
 def _function_labels(redis: Redis, redis_url: str, strategy: str, funcs: list[str], cap: int | None) -> set[str]:
     """Run ``funcs`` (one job each) on a worker with /metrics; the ``function`` values it exported."""
     redis.flushdb()
-    port = mh.free_port()
+    port = free_port()
     extra = ("--metrics-port", str(port), *(("--max-function-labels", str(cap)) if cap else ()))
-    proc = helpers.start_worker(
+    proc = start_worker(
         redis_url,
         strategy,
         2,
@@ -323,8 +324,8 @@ def _function_labels(redis: Redis, redis_url: str, strategy: str, funcs: list[st
         s = mh.scrape(port)
         return s if s is not None and mh.total(s, "poolq_jobs_ended_total") >= len(funcs) else None
 
-    samples = helpers.wait_for(all_ended, 90, 0.2, what=f"{len(funcs)} jobs ended in /metrics")
-    helpers.stop(proc)
+    samples = wait_for(all_ended, 90, 0.2, what=f"{len(funcs)} jobs ended in /metrics")
+    stop(proc)
     ended = mh.select(samples, "poolq_jobs_ended_total")
     assert mh.total(samples, "poolq_jobs_ended_total") == len(funcs)
     return {dict(lab)["function"] for lab in ended}
@@ -365,7 +366,7 @@ def test_bad_allowlist_webhook_or_label_settings_exit_2_with_one_line(args: tupl
     import subprocess
 
     res = subprocess.run(
-        [helpers.PYTHON, "-m", "worker", "--metrics-port", "0", *args],
+        [PYTHON, "-m", "worker", "--metrics-port", "0", *args],
         cwd=REPO_ROOT,
         env=worker_env(),
         capture_output=True,

@@ -23,21 +23,11 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
-from conftest import RedisServer
-from helpers import (
-    PYTHON,
-    REPO_ROOT,
-    enqueue_many,
-    fetch,
-    free_port,
-    json_queue,
-    start_worker,
-    stop,
-    wait_for,
-    wait_registered,
-    worker_env,
-)
 from redis import Redis
+from support.base import PYTHON, REPO_ROOT, free_port, wait_for
+from support.redis_server import RedisServer
+from support.rq_jobs import enqueue_many, fetch, json_queue
+from support.workers import start_worker, stop, wait_registered, worker_env
 
 from worker import defaults
 from worker.recovery import REDELIVERIES_FIELD
@@ -71,7 +61,7 @@ def secure_redis(tmp_path: Path) -> Any:
 def run_cli(
     args: list[str], env: dict[str, str] | None = None, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m worker ARGS``, environment from ``helpers.worker_env`` plus ``env``."""
+    """``python -m worker ARGS``, environment from ``worker_env`` plus ``env``."""
     return subprocess.run(
         [PYTHON, "-m", "worker", *args],
         cwd=REPO_ROOT,

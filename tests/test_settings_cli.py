@@ -12,23 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from helpers import (
-    PYTHON,
-    REPO_ROOT,
-    assert_ok,
-    enqueue_many,
-    fetch,
-    finished_records,
-    free_port,
-    json_queue,
-    run_worker,
-    start_worker,
-    stop,
-    wait_for,
-    wait_registered,
-    worker_env,
-)
 from redis import Redis
+from support.base import PYTHON, REPO_ROOT, free_port, wait_for
+from support.rq_jobs import enqueue_many, fetch, finished_records, json_queue
+from support.workers import assert_ok, run_worker, start_worker, stop, wait_registered, worker_env
 
 from worker import defaults
 
@@ -194,12 +181,12 @@ def test_a_flag_replaces_an_invalid_environment_value(redis: Redis, redis_url: s
 def test_environment_queues_and_allowlist(redis: Redis, redis_url: str, tmp_path: Path) -> None:
     sentinel = f"{tmp_path}/ran"
     beta = json_queue(redis, "beta")
-    job = beta.enqueue("tests.helpers.touch_sentinel", sentinel)
+    job = beta.enqueue("tests.jobs.touch_sentinel", sentinel)
     other = json_queue(redis, "other").enqueue("worker.jobs.noop")
     env = {
         "REDIS_URL": redis_url,
         "WORKER_QUEUES": "alpha,beta",
-        "WORKER_ALLOWED_FUNCTIONS": "worker.jobs.*,tests.helpers.*",
+        "WORKER_ALLOWED_FUNCTIONS": "worker.jobs.*,tests.jobs.*",
         "WORKER_STRATEGY": "inline",
     }
     run = assert_ok(run_worker(None, None, None, None, env=env))

@@ -1,16 +1,24 @@
-"""What a process-pool child runs: the standard library only, so a child stays small.
+"""What a pool child runs: the standard library only, so a child stays small.
 
 A child is forked from the multiprocessing forkserver, which preloads the modules named in
 ``StrategyConfig.preload``; whatever the child imports after the fork is private to it. This
-module, the function it runs, and the way it finds a job's function import nothing beyond the
-standard library (no rq, no redis-py: the child never talks to Redis), so a child costs the
-job module's memory and its own heap, not a second copy of the worker's imports.
+module, the functions it runs (:func:`child_main`: one job at a time, for the process and auto
+strategies; :func:`threaded_child_main`: several at once, for hybrid), and the way it finds a
+job's function (``worker.allowlist``) import nothing beyond the standard library (no rq, no
+redis-py: the child never talks to Redis), so a child costs the job module's memory and its own
+heap, not a second copy of the worker's imports.
+
+That is why this module sits beside ``worker/allowlist.py`` and not in ``worker/strategies/``:
+importing anything in that package runs its ``__init__``, which imports the strategies and rq.
+The parent's side of the conversation (spawn, send, receive, exit reasons) is
+``worker/strategies/children.py``.
 """
 
 from __future__ import annotations
 
 import collections.abc
 import os
+import queue as queue_mod
 import signal
 import threading
 import time
@@ -120,3 +128,80 @@ def child_main(
                     traceback.format_exc(),
                 )
             )
+
+
+def threaded_child_main(conn: multiprocessing.connection.Connection, threads: int, patterns: Sequence[str]) -> None:
+    """A hybrid pool child: ``threads`` threads run ``(call_id, func, args, kwargs)`` messages.
+
+    Replies are ``(call_id, "ok", value, cpu_seconds, wall_seconds)`` or
+    ``(call_id, "err", type_name, message, traceback)``, or when the function cannot run
+    ``(call_id, "refused", message)`` / ``(call_id, "unresolved", ...)``: it is resolved here under
+    the allowlist ``patterns``, as in :func:`child_main` (:func:`resolve_reply`). Like that child it
+    never talks to Redis. ``None`` asks it to finish the running calls and exit.
+    """
+    allowlist = Allowlist(patterns)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when jobs stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    calls: queue_mod.SimpleQueue[tuple[int, str, list[Any], dict[str, Any]] | None] = queue_mod.SimpleQueue()
+    send_lock = threading.Lock()
+
+    def send(reply: tuple[Any, ...]) -> None:
+        with send_lock:
+            try:
+                conn.send(reply)
+            except (OSError, ValueError):  # the parent is gone
+                os._exit(0)
+            except Exception as e:  # the return value could not be pickled
+                conn.send(
+                    (
+                        reply[0],
+                        "err",
+                        type(e).__name__,
+                        f"job result could not be sent from the pool child: {e}",
+                        traceback.format_exc(),
+                    )
+                )
+
+    def run() -> None:
+        while True:
+            item = calls.get()
+            if item is None:
+                return
+            call_id, func_name, args, kwargs = item
+            t0_cpu, t0_wall = time.thread_time(), time.perf_counter()
+            func, refusal = resolve_reply(allowlist, func_name)
+            if refusal is not None:
+                send((call_id, *refusal))
+                continue
+            try:
+                value = func(*args, **kwargs)
+                if isinstance(value, collections.abc.Coroutine):  # as asyncio.iscoroutine, without asyncio
+                    import asyncio
+
+                    value = asyncio.run(value)
+                reply: tuple[Any, ...] = (
+                    call_id,
+                    "ok",
+                    value,
+                    time.thread_time() - t0_cpu,
+                    time.perf_counter() - t0_wall,
+                )
+            except BaseException as e:  # report everything, including SystemExit from the job
+                reply = (call_id, "err", type(e).__name__, str(e), traceback.format_exc())
+            send(reply)
+
+    workers = [threading.Thread(target=run, name=f"poolq-hybrid-job-{i}", daemon=True) for i in range(threads)]
+    for t in workers:
+        t.start()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent is gone: nobody wants the results
+            os._exit(0)
+        if msg is None:
+            break
+        calls.put(msg)
+    for _ in workers:
+        calls.put(None)
+    for t in workers:
+        t.join()

@@ -1,7 +1,4 @@
-"""Helpers for tests that run real worker processes against a real redis-server.
-
-Also imported *by the worker* (as ``tests.helpers``) for the few job functions the tests need
-beyond the built-in workloads: those functions are outside the default allowlist on purpose.
+"""Worker processes for the tests: ``python -m worker`` run to the end, started, signalled, stopped.
 
 Every process started here is remembered; :func:`cleanup_processes` (called by an autouse
 fixture after each test) kills whatever is left, with its whole process group, so a failing
@@ -13,77 +10,23 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import redis
-from rq import Queue
-from rq.job import Job
-from rq.serializers import JSONSerializer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-RQ_CLI = str(Path(PYTHON).parent / "rq")
+from support.base import PYTHON, REPO_ROOT, wait_for
 
-T = TypeVar("T")
-
-# ---------------------------------------------------------------------------------------------
-# job functions run by the worker (never by the default allowlist)
-
-
-def touch_sentinel(path: str) -> str:
-    """Creates ``path``: if the file exists, the function ran."""
-    Path(path).write_text(f"ran in pid {os.getpid()}\n")
-    return path
-
-
-def count_and_fail(redis_url: str, key: str, message: str = "counted failure") -> None:
-    """Counts one execution in Redis, then raises: how many times did a retried job run?"""
-    conn = redis.Redis.from_url(redis_url)
-    try:
-        conn.incr(key)
-    finally:
-        conn.close()
-    raise RuntimeError(message)
-
-
-# ---------------------------------------------------------------------------------------------
-# waiting, ports
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
-    """Polls ``predicate`` until it returns something truthy and returns that; fails after ``timeout``.
-
-    The timeout is a bound against hangs, never a measurement: nothing asserts how fast.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate!r}")
-        time.sleep(interval)
-
-
-# ---------------------------------------------------------------------------------------------
-# processes
+# Worker arguments that allow the tests' own job functions (tests/jobs.py) beside the built-in ones.
+ALLOWED = "worker.jobs.*,tests.jobs.*"
+ALLOW_ARGS = ("--allowed-functions", ALLOWED)
 
 _SPAWNED: list[subprocess.Popen[Any]] = []
 _LOGS: list[Path] = []
@@ -91,7 +34,7 @@ _LOGS: list[Path] = []
 
 def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a worker subprocess: no inherited REDIS_URL / WORKER_* settings, the
-    repository on PYTHONPATH (so ``tests.helpers`` functions resolve, in pool children too)."""
+    repository on PYTHONPATH (so ``tests.jobs`` functions resolve, in pool children too)."""
     base = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("WORKER_")}
     base["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     base["PYTHONUNBUFFERED"] = "1"
@@ -344,59 +287,42 @@ def cleanup_processes() -> list[int]:
     return alive
 
 
-# ---------------------------------------------------------------------------------------------
-# jobs, with stock RQ and the JSON serializer
-
-
-def json_queue(conn: redis.Redis, name: str = "default") -> Queue:
-    return Queue(name, connection=conn, serializer=JSONSerializer)
-
-
-def enqueue_many(conn: redis.Redis, func: str, n: int, queue: str = "default", **kwargs: Any) -> list[Job]:
-    """``n`` jobs of ``func`` with the same keyword arguments."""
-    q = json_queue(conn, queue)
-    return [q.enqueue(func, **kwargs) for _ in range(n)]
-
-
-def fetch(conn: redis.Redis, job_id: str) -> Job:
-    return Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
-
-
-def finished_records(conn: redis.Redis, jobs: Iterable[Job], context: str = "") -> list[dict[str, Any]]:
-    """The return values of ``jobs``, each of which must have finished."""
-    records = []
-    for job in jobs:
-        j = fetch(conn, job.id)
-        status = j.get_status()
-        detail = ""
-        if status != "finished":
-            res = j.latest_result()
-            detail = res.exc_string if res is not None and res.exc_string else ""
-        assert status == "finished", f"job {j.id} ({j.func_name}) is {status}: {detail}\n{context}"
-        value = j.return_value()
-        assert isinstance(value, dict), f"job {j.id} returned {value!r}"
-        records.append(value)
-    return records
-
-
-def overlap(records: Iterable[Mapping[str, Any]]) -> int:
-    """The largest number of jobs that ran at the same time, from their own started/ended
-    timestamps. A job that ended at the instant another started does not overlap it."""
-    events: list[tuple[float, int]] = []
-    for r in records:
-        started, ended = float(r["started"]), float(r["ended"])
-        assert ended >= started, f"record ends before it starts: {r}"
-        events.append((started, 1))
-        events.append((ended, -1))
-    events.sort(key=lambda e: (e[0], e[1]))  # at equal times, ends (-1) before starts (+1)
-    running = most = 0
-    for _, delta in events:
-        running += delta
-        most = max(most, running)
-    return most
-
-
 def worker_hash(conn: redis.Redis, name: str) -> dict[str, str]:
     """The worker's own hash (``rq:worker:<name>``), decoded."""
     raw = conn.hgetall(f"rq:worker:{name}")
     return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+
+def settings_env(**settings: Any) -> dict[str, str]:
+    """``WORKER_*`` variables from keyword arguments: ``shutdown_timeout=3`` -> ``WORKER_SHUTDOWN_TIMEOUT=3``."""
+    return {f"WORKER_{k.upper()}": str(v) for k, v in settings.items()}
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return bool(group_members(pgid))
+
+
+def kill9_group(proc: Any) -> float:
+    """SIGKILL to the worker's whole process group (worker, forkserver, pool children), like a
+    power loss of its container; returns the time of the kill (``time.time()``)."""
+    t = time.time()
+    kill_group(proc.pid)
+    proc.wait(10)
+    wait_for(lambda: not group_members(proc.pid), 10, what="the killed worker's group to be gone")
+    return t
+
+
+def merged_env(*parts: Mapping[str, str] | None) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for p in parts:
+        if p:
+            env.update(p)
+    return env
+
+
+def log_lines(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]

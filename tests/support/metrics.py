@@ -1,4 +1,4 @@
-"""Helpers for the metrics tests: scraping /metrics, a real Prometheus server, PromQL from the docs."""
+"""For the metrics tests: scraping /metrics, a real Prometheus server, PromQL from the docs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,15 +20,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.base import REPO_ROOT, free_port
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+DOC = REPO_ROOT / "docs" / "metrics.md"
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
@@ -215,3 +210,14 @@ def check_result(q: DocQuery, result: list[dict[str, Any]], expect: Mapping[str,
             if not wanted <= seen:
                 return f"{label} values {sorted(seen)} lack {sorted(wanted - seen)}"
     return None
+
+
+def metric(port: int, name: str) -> float | None:
+    """The sum of a metric's samples on the worker's ``/metrics`` (None: not served or absent)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    values = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    return sum(values) if values else None

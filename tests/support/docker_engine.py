@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from support.base import REPO_ROOT
+
+ROOT = REPO_ROOT
 SANDBOX = ROOT.parent / "shared" / "tools" / "docker-sandbox"
 
 
@@ -46,9 +46,3 @@ def build_image(client: Any, tag: str) -> Any:
     wheelhouse serves pip (as its compose override does for ``docker compose build``)."""
     image, _logs = client.images.build(path=str(ROOT), tag=tag, network_mode="host", rm=True, forcerm=True)
     return image
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -1,0 +1,38 @@
+"""What every test helper needs: the repository, the interpreter, a free port, a bounded wait."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+PYTHON = sys.executable
+RQ_CLI = str(Path(PYTHON).parent / "rq")
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
+    """Polls ``predicate`` until it returns something truthy and returns that; fails after ``timeout``.
+
+    The timeout is a bound against hangs, never a measurement: nothing asserts how fast.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate!r}")
+        time.sleep(interval)

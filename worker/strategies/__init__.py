@@ -1,0 +1,29 @@
+"""How jobs run: one small class per strategy, picked by name from :data:`STRATEGIES`.
+
+``base`` holds the interface the dequeue loop talks to (``worker/pool_worker.py`` never asks
+which strategy it has); each strategy is one module (``thread``, ``process``, ``inline``,
+``hybrid``, ``auto`` with its router in ``routing``); ``slots`` are the lifecycle threads they
+share and ``children`` the parent's side of every pool child. Adding a strategy: a module with a
+:class:`~worker.strategies.base.Strategy` subclass and one line below (the CLI's choices, the
+tests' strategy lists and the producer's sizing read this registry).
+
+Code that runs in a pool child must not import this package (it imports rq through the
+strategies): the children run ``worker/poolchild.py`` and the job's own module only.
+"""
+
+from worker.strategies.auto import AutoStrategy
+from worker.strategies.base import Strategy, StrategyConfig
+from worker.strategies.hybrid import HybridStrategy
+from worker.strategies.inline import InlineStrategy
+from worker.strategies.process import ProcessStrategy
+from worker.strategies.thread import ThreadStrategy
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "thread": ThreadStrategy,
+    "process": ProcessStrategy,
+    "inline": InlineStrategy,
+    "hybrid": HybridStrategy,
+    "auto": AutoStrategy,
+}
+
+__all__ = ["STRATEGIES", "Strategy", "StrategyConfig"]
