@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker.allowlist import allowlist_for
 from worker.errors import ChildCrashed, RequeueJob
+from worker.events import RouteChanged
 from worker.hints import CPU, POOL_OF_CLASS
 from worker.poolchild import runqueue_wait, schedstat
 from worker.strategies.base import Strategy, StrategyConfig, Work
@@ -175,7 +176,7 @@ class AutoStrategy(Strategy):
             "new" if old is None else f"{old}-bound",
             basis,
         )
-        self._event("route_changed", function=func_name, pool=POOL_OF_CLASS[new])
+        self._emit(RouteChanged(func_name, POOL_OF_CLASS[new]))
 
     def _new_child(self) -> PoolChild:
         return PoolChild(self.ctx, self.config.allowed_functions, measure_runqueue=True)

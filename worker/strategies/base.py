@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from worker import defaults
+from worker.events import ChildReplaced, Event, RunawayThread
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -116,10 +117,6 @@ class Strategy(ABC):
     def kill_running(self) -> None:
         """Cold stop: stop every running job now, where the strategy can."""
 
-    def runs_in_main_thread(self) -> bool:
-        """True while a job runs in the worker's main thread (its outcome is worth waiting for)."""
-        return False
-
     def pool_of(self, job: Job) -> str:
         """The pool that ran ``job``: the ``pool`` label of its metrics (a sub-pool for auto)."""
         return self.name
@@ -134,14 +131,14 @@ class Strategy(ABC):
 
     # ------------------------------------------------------------------ shared by the strategies
 
-    def _event(self, event: str, **fields: Any) -> None:
+    def _emit(self, event: Event) -> None:
         if self.hooks is not None:
-            self.hooks.on_event(None, event, strategy=self.name, **fields)
+            self.hooks.emit(None, event)
 
     def _replaced(self, reason: str) -> None:
         """Count and report one replaced pool child."""
         self.children_replaced += 1
-        self._event("child_replaced", reason=reason)
+        self._emit(ChildReplaced(reason))
 
     def _runaway(self, threads: SlotThreads[Any], slot: Slot[Any], what: str) -> None:
         """A thread job overran its timeout: a thread cannot be killed, so its job has been failed
@@ -149,7 +146,7 @@ class Strategy(ABC):
         fresh thread takes its slot (the pool keeps its size)."""
         threads.retire(slot)
         self.runaway_threads += 1
-        self._event("runaway_thread")
+        self._emit(RunawayThread())
         log.warning(
             "%sa thread job overran its timeout and cannot be killed; a replacement thread was started "
             "(%d runaway so far)",

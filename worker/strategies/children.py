@@ -7,8 +7,8 @@ module, so a child's death, a kill and a reply mean the same thing everywhere:
   preloaded, no ``fork`` of a parent that runs threads) and records *why* it was killed
   (:meth:`Child.terminate`), so the thread waiting for its reply can tell a timeout or a cold
   stop from a crash;
-- :class:`PoolChild` runs one job at a time (:meth:`PoolChild.call`); :class:`ThreadedChild`
-  several (hybrid), with a reader thread that delivers the replies;
+- :class:`PoolChild` runs one job at a time (:meth:`PoolChild.call`); hybrid's
+  ``threaded_pool.ThreadedChild`` several, with a reader thread that delivers the replies;
 - :func:`unpack_reply` maps a child's reply to a value or the job's error, :meth:`ChildDied.error`
   a death to the job's error, :func:`recycle_reason` / :func:`over_memory` decide a replacement.
 
@@ -22,17 +22,15 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rq.timeouts import JobTimeoutException
 
 from worker.allowlist import mark_resolved
 from worker.errors import ChildCrashed, FunctionNotAllowed, RemoteJobError, RemoteTraceback, RequeueJob
-from worker.poolchild import child_main, threaded_child_main
+from worker.poolchild import child_main
 from worker.strategies.base import StrategyConfig
 
 if TYPE_CHECKING:
@@ -226,49 +224,3 @@ class PoolChild(Child):
             self.kill()
         with contextlib.suppress(OSError):
             self.conn.close()
-
-
-@dataclass(eq=False)
-class Call:
-    """One job sent to a hybrid child; ``reply`` is None when the child died with it in flight."""
-
-    id: int
-    child: ThreadedChild
-    event: threading.Event = field(default_factory=threading.Event)
-    reply: tuple[Any, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Death:
-    pid: int
-    exitcode: int | None
-    in_flight: int  # calls the child was running when it died
-
-
-class ThreadedChild(Child):
-    """A hybrid pool child (``poolchild.threaded_child_main``), its calls in flight and the thread
-    that reads its replies (``reader``, the strategy's)."""
-
-    def __init__(
-        self,
-        ctx: ForkServerContext,
-        threads: int,
-        reader: Callable[[ThreadedChild], None],
-        patterns: tuple[str, ...],
-    ) -> None:
-        super().__init__(ctx, threaded_child_main, (threads, patterns))
-        self.threads = threads
-        self.send_lock = threading.Lock()
-        self.inflight: dict[int, Call] = {}
-        self.state = "live"  # live -> retiring (no new calls) -> stopping -> dead
-        self.broken = False  # a send failed: the child is dying, its reader thread will replace it
-        self.overdue: set[int] = set()
-        self.dispatched = 0  # calls sent to it (WORKER_MAX_JOBS_PER_CHILD counts these)
-        self.death: Death | None = None
-        self.reader = threading.Thread(target=reader, args=(self,), name=f"poolq-hybrid-reader-{self.pid}", daemon=True)
-        self.reader.start()
-
-    def send_stop(self) -> None:
-        """Ask it to exit once its running calls end (it may be gone already)."""
-        with self.send_lock, contextlib.suppress(OSError, ValueError):
-            self.conn.send(None)

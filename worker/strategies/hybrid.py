@@ -2,8 +2,8 @@
 
 ``P`` pool children (forkserver), each running ``T`` threads (``poolchild.threaded_child_main``).
 A lifecycle slot sends the call to the least busy child and waits for its reply, which a
-reader thread per child delivers. CPU-bound work gets ``P`` cores, I/O-bound work ``P x T``
-slots. The guarantees of the process strategy, adapted to children that run several jobs:
+reader thread per child delivers (``threaded_pool.py``). CPU-bound work gets ``P`` cores,
+I/O-bound work ``P x T`` slots. The guarantees of the process strategy, adapted to children that run several jobs:
 
 - **Hard timeouts.** A thread cannot be stopped, so an overdue job's whole child is killed
   (SIGKILL) and replaced; the job fails with ``JobTimeoutException``. The other jobs that
@@ -24,32 +24,25 @@ slots. The guarantees of the process strategy, adapted to children that run seve
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import ChildCrashed, RemoteJobError, RequeueJob
+from worker.errors import ChildCrashed, RequeueJob
 from worker.strategies.base import Strategy, StrategyConfig, Work
 from worker.strategies.children import (
-    Call,
     ChildDied,
-    Death,
     Overdue,
     PoolChild,
-    ThreadedChild,
-    call_message,
     describe_exit,
-    over_memory,
     spawn_context,
     timeout_error,
     unpack_reply,
 )
 from worker.strategies.slots import Slot, SlotThreads
+from worker.strategies.threaded_pool import Call, Death, ThreadedPool
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -101,19 +94,12 @@ class HybridStrategy(Strategy):
         self.processes, self.threads_per_process, _ = hybrid_layout(config)
         self.ctx = spawn_context(config)
         self.slots = SlotThreads(self.capacity, "poolq-hybrid", HybridSlot)
-        self.cond = threading.Condition()
-        self.children: list[ThreadedChild | None] = [None] * self.processes
-        self.retiring: list[ThreadedChild] = []
-        self.solos: dict[int, PoolChild] = {}
-        self.closing = False
-        self._ids = itertools.count(1)
-
-    # ------------------------------------------------------------------ pool management
+        self.pool = ThreadedPool(self.ctx, config, self.processes, self.threads_per_process, self._replaced)
+        self.cond = self.pool.cond
+        self.solos: dict[int, PoolChild] = {}  # crash suspects re-run alone, by pid
 
     def start(self) -> None:
-        with self.cond:
-            for i in range(self.processes):
-                self.children[i] = self._spawn()
+        self.pool.start()
         self.slots.start()
         log.info(
             "hybrid pool: %d processes x %d threads = %d jobs at once (pids %s)",
@@ -122,149 +108,6 @@ class HybridStrategy(Strategy):
             self.capacity,
             ", ".join(str(p) for p in self.child_pids()),
         )
-
-    def _spawn(self) -> ThreadedChild:
-        return ThreadedChild(self.ctx, self.threads_per_process, self._read, self.config.allowed_functions)
-
-    def _pick(self) -> ThreadedChild:
-        """The live child with the fewest calls in flight (caller holds ``cond``)."""
-        while True:
-            if self.closing:
-                raise RequeueJob("the worker is stopping; the job was not started and is re-queued")
-            best: ThreadedChild | None = None
-            for i, child in enumerate(self.children):
-                if child is None or child.state == "dead":
-                    child = self.children[i] = self._spawn()  # an earlier replacement failed
-                if child.state != "live" or child.kill_reason is not None or child.broken:
-                    continue  # dying: its replacement is on its way
-                if len(child.inflight) < child.threads and (best is None or len(child.inflight) < len(best.inflight)):
-                    best = child
-            if best is not None:
-                return best
-            # Every child is full: only while a replacement is on its way (the lifecycle never
-            # runs more than P x T jobs at once). Wait for a reply or a replacement.
-            self.cond.wait(0.05)
-
-    def _dispatch(self, job: Job) -> Call:
-        msg_args = call_message(job)
-        for _attempt in range(5):
-            with self.cond:
-                if self.closing:
-                    raise RequeueJob("the worker is stopping; the job was not started and is re-queued")
-                child = self._pick()
-                call = Call(next(self._ids), child)
-                child.inflight[call.id] = call
-                child.dispatched += 1
-                cap = self.config.max_jobs_per_child
-                if cap and child.dispatched >= cap:
-                    # Its last job: no more are sent to it (its threads would take them before the
-                    # first ended); its replacement starts now, and it exits once its jobs end.
-                    self._retire(child, "max_jobs")
-            try:
-                with child.send_lock:
-                    child.conn.send((call.id, *msg_args))
-                return call
-            except (OSError, ValueError):  # the child died before the job reached it: it never ran
-                with self.cond:
-                    child.inflight.pop(call.id, None)
-                    child.broken = True
-                continue
-            except Exception as e:  # arguments that cannot be pickled (pickle serializer only)
-                with self.cond:
-                    child.inflight.pop(call.id, None)
-                raise RemoteJobError(f"job arguments could not be sent to the pool child: {e}") from None
-        raise ChildCrashed("pool children kept dying before the job could be sent to one")
-
-    def _read(self, child: ThreadedChild) -> None:
-        """The reader thread of one child: delivers replies, then handles the child's end."""
-        conn = child.conn
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break
-            except Exception:  # a reply the parent cannot unpickle: its job fails at its timeout
-                log.exception("hybrid: unreadable reply from pool child %d", child.pid)
-                continue
-            stop_now = False
-            with self.cond:
-                call = child.inflight.pop(msg[0], None)
-                child.jobs_done += 1
-                if child.state == "retiring" and not child.inflight:
-                    child.state = "stopping"
-                    stop_now = True
-                self.cond.notify_all()
-            if call is not None:
-                call.reply = msg
-                call.event.set()
-            if stop_now:
-                child.send_stop()
-        self._exited(child)
-
-    def _retire(self, child: ThreadedChild, reason: str) -> None:
-        """Stop giving ``child`` work, start its replacement; it stops once its calls end (holds cond)."""
-        if child.state != "live":
-            return
-        child.state = "retiring"
-        self.retiring.append(child)
-        for i, c in enumerate(self.children):
-            if c is child:
-                self.children[i] = None if self.closing else self._spawn()
-        self._replaced(reason)
-
-    def _exited(self, child: ThreadedChild) -> None:
-        child.process.join(5)
-        code = child.process.exitcode
-        with self.cond:
-            calls = list(child.inflight.values())
-            child.inflight.clear()
-            expected = child.state == "stopping" and not calls
-            child.death = Death(child.pid, code, len(calls))
-            child.state = "dead"
-            if child in self.retiring:
-                self.retiring.remove(child)
-            replace = [i for i, c in enumerate(self.children) if c is child]
-            if not expected and child.kill_reason != "cold_stop":
-                reason = child.kill_reason or "crashed"
-                if reason == "crashed":
-                    log.warning(
-                        "hybrid pool child %d died (%s) with %d job(s) in flight",
-                        child.pid,
-                        describe_exit(code),
-                        len(calls),
-                    )
-                if replace or calls:
-                    self._replaced(reason)
-            for i in replace:
-                if self.closing:
-                    self.children[i] = None
-                    continue
-                try:
-                    self.children[i] = self._spawn()
-                except Exception:
-                    log.exception("hybrid: could not start a replacement pool child (will retry)")
-                    self.children[i] = None
-            self.cond.notify_all()
-        with contextlib.suppress(OSError):
-            child.conn.close()
-        for call in calls:
-            call.event.set()  # reply None: the child died with it
-
-    def _kill_overdue(self, call: Call) -> int | None:
-        """Kill the child running overdue ``call``; returns how many other jobs it was running.
-
-        None when the call's reply (or the child's death) came first.
-        """
-        child = call.child
-        with self.cond:
-            if call.id not in child.inflight:
-                return None
-            child.overdue.add(call.id)
-            if child.kill_reason is None:
-                child.kill_reason = "timed_out"
-            others = len(child.inflight) - len(child.overdue)
-        child.sigkill()
-        return others
 
     # ------------------------------------------------------------------ the strategy interface
 
@@ -280,11 +123,11 @@ class HybridStrategy(Strategy):
     def perform(self, job: Job, timeout: float) -> Any:
         slot = self.slots.current_slot("HybridStrategy.perform")
         deadline = time.monotonic() + timeout
-        call = self._dispatch(job)
+        call = self.pool.dispatch(job)
         slot.state.call = call
         try:
             if not call.event.wait(timeout):
-                others = self._kill_overdue(call)
+                others = self.pool.kill_overdue(call)
                 if others is not None:
                     raise timeout_error(
                         timeout,
@@ -297,21 +140,8 @@ class HybridStrategy(Strategy):
         reply = call.reply
         if reply is None:
             return self._after_death(job, call, slot, deadline, timeout)
-        self._after_reply(call.child)
+        self.pool.retire_if_over_memory(call.child)
         return unpack_reply(job, reply[1:])[1]
-
-    def _after_reply(self, child: ThreadedChild) -> None:
-        if child.state != "live":
-            return
-        if over_memory(child.pid, self.config, "hybrid pool child", "replacing it once its running jobs end"):
-            stop_now = False
-            with self.cond:
-                self._retire(child, "memory")
-                if child.state == "retiring" and not child.inflight:
-                    child.state = "stopping"
-                    stop_now = True
-            if stop_now:
-                child.send_stop()
 
     def _after_death(self, job: Job, call: Call, slot: Slot[HybridSlot], deadline: float, timeout: float) -> Any:
         child = call.child
@@ -323,7 +153,7 @@ class HybridStrategy(Strategy):
                 f"pool child {death.pid} was killed to stop an overdue job running beside this one; "
                 "this job did nothing wrong and was re-queued"
             )
-        if child.kill_reason == "cold_stop" or self.closing:
+        if child.kill_reason == "cold_stop" or self.pool.closing:
             raise RequeueJob(f"cold stop: pool child {death.pid} was killed; the job was re-queued")
         if death.in_flight <= 1:
             raise ChildCrashed(f"pool child {death.pid} died while running the job: {describe_exit(death.exitcode)}")
@@ -337,7 +167,7 @@ class HybridStrategy(Strategy):
         if remaining <= 0:
             raise timeout_error(timeout, first)
         with self.cond:
-            if self.closing:
+            if self.pool.closing:
                 raise RequeueJob(f"{first}; the worker is stopping, so the job was re-queued")
             solo = PoolChild(self.ctx, self.config.allowed_functions, measure_runqueue=True)
             self.solos[solo.pid] = solo
@@ -371,7 +201,7 @@ class HybridStrategy(Strategy):
             return False
         call, solo = slot_token.state.call, slot_token.state.solo
         if call is not None:
-            self._kill_overdue(call)
+            self.pool.kill_overdue(call)
             return True
         if solo is not None:
             solo.terminate("timed_out")
@@ -379,43 +209,18 @@ class HybridStrategy(Strategy):
         return False
 
     def kill_running(self) -> None:
+        self.pool.kill_all()
         with self.cond:
-            self.closing = True
-            children = self._live_children()
-            for c in children:
-                if c.kill_reason is None:
-                    c.kill_reason = "cold_stop"
             solos = list(self.solos.values())
-        for c in children:
-            c.sigkill()
         for solo in solos:
             solo.terminate("cold_stop")
 
-    def _live_children(self) -> list[ThreadedChild]:
-        """The children not known dead, retiring ones included (caller holds ``cond``)."""
-        return [c for c in (*self.children, *self.retiring) if c is not None and c.state != "dead"]
-
     def child_pids(self) -> list[int]:
         with self.cond:
-            return [c.pid for c in self._live_children() if c.pid] + [p for p in self.solos if p]
+            return [c.pid for c in self.pool.live() if c.pid] + [p for p in self.solos if p]
 
     def shutdown(self, wait: bool, timeout: float | None = None) -> None:
         with self.cond:
-            self.closing = True
+            self.pool.closing = True
         self.slots.shutdown(wait, timeout)
-        with self.cond:
-            children = self._live_children()
-            for c in children:
-                c.state = "stopping"
-        for c in children:
-            if wait:
-                c.send_stop()
-            else:
-                c.sigkill()
-        deadline = time.monotonic() + (timeout if timeout is not None else 5.0)
-        for c in children:
-            c.process.join(max(0.0, deadline - time.monotonic()))
-            if c.process.is_alive():
-                c.sigkill()
-                c.process.join(2)
-            c.reader.join(2)
+        self.pool.close(wait, timeout)

@@ -37,9 +37,6 @@ class InlineStrategy(Strategy):
         finally:
             self._busy = False
 
-    def runs_in_main_thread(self) -> bool:
-        return self._busy
-
     def cold_stop(self) -> None:
         # The signal handler runs in the main thread, where the job runs: interrupt it there.
         if self._busy and threading.current_thread() is threading.main_thread():
