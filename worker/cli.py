@@ -20,10 +20,10 @@ from redis.retry import Retry
 from worker import __version__, defaults
 from worker.cli_parser import OneLineParser
 from worker.cpus import CpuInfo, detect_cpus
-from worker.flags import add_flags, env_only_epilog
+from worker.flags import add_flags, describe_error, env_only_epilog
 from worker.outage import StopAwareRetry, StopGate
 from worker.redact import redact_logging, redact_tracebacks, redact_url, scrub, secrets_of
-from worker.settings import MAX_SLOTS, WorkerSettings, describe_error
+from worker.settings import MAX_SLOTS, WorkerSettings
 
 log = logging.getLogger("worker")
 T = TypeVar("T")
@@ -94,7 +94,7 @@ def load_settings(argv: list[str] | None) -> tuple[WorkerSettings, argparse.Name
     try:
         settings = WorkerSettings(**overrides)
     except ValidationError as e:
-        print(describe_error(e, _given_urls(overrides)), file=sys.stderr)
+        print(describe_error(WorkerSettings, e, _given_urls(overrides)), file=sys.stderr)
         raise SystemExit(2) from None
     return settings, args
 

@@ -3,7 +3,8 @@
 :func:`setting` declares a field (default, help, how the default reads, metavar, short flag,
 the constructor parameter it feeds); :func:`add_flags` turns a model's fields into argparse
 flags whose help ends with the default and the environment variable; :func:`env_name` is the
-variable a field is read from. Nothing here knows the worker: the generator reads the model.
+variable a field is read from; :func:`describe_error` the one line an invalid value gets.
+Nothing here knows the worker: everything is read from the model.
 
 Flags carry no ``type=``: their text reaches the model as the environment's would, and is
 validated by the same validators with the same one-line error (argparse's ``int``/``float``
@@ -19,9 +20,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
+
+from worker.redact import redact_url, scrub
 
 
 def setting(
@@ -140,3 +143,31 @@ def env_only_epilog(model: type[BaseSettings]) -> str:
     """The settings without a flag, for the end of ``--help``."""
     rows = [f"  {s.env}  {s.help} (default: {s.default_text})" for s in settings_of(model) if not s.flag]
     return "settings without a flag (environment only):\n" + "\n".join(rows) + "\n" if rows else ""
+
+
+# How much of an invalid value the error line repeats.
+SHOWN_VALUE_CHARS = 80
+
+
+def shown_value(field: str, value: Any) -> str:
+    """The value as the error line shows it: a Redis URL redacted, anything else repr'd and cut short."""
+    if field == "redis_url" or field.endswith("REDIS_URL"):
+        return repr(redact_url(value) if isinstance(value, str) else "<not a string>")
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 3] + "..."
+
+
+def describe_error(model: type[BaseSettings], exc: ValidationError, secret_urls: tuple[str, ...] = ()) -> str:
+    """One line for the first invalid value: which variable or flag, what it got, what it wants.
+
+    ``secret_urls``: URLs whose secrets must not appear in the line whatever the field (the
+    Redis URL that was given, so a message can never repeat its password).
+    """
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    known = describe(model, field) if field in model.model_fields else None
+    name = known.env if known else field  # a field's name, or the variable it came from
+    where = f"{name} / {known.option}" if known and known.flag else name
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    line = f"invalid configuration: {where}={shown_value(field, err.get('input'))}: {msg}"
+    return " ".join(scrub(line, secret_urls).split())

@@ -9,13 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import ValidationError, ValidationInfo, field_validator
+from pydantic import ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker import defaults
 from worker.config_values import ascii_int, check_redis_url, finite_float
-from worker.flags import SettingInfo, describe, setting, settings_of
-from worker.redact import redact_url, scrub
+from worker.flags import setting, settings_of
 
 # Upper bounds of the settings that had none (inf or a huge value started a worker that then
 # broke: an overflowing sleep, a Redis EXPIRE out of range, a sampler thread that died).
@@ -362,42 +361,3 @@ def _serializer(name: str) -> Any:
     from rq.serializers import JSONSerializer
 
     return JSONSerializer if name == "json" else None
-
-
-def info(field: str) -> SettingInfo:
-    """How ``field`` of :class:`WorkerSettings` is named and documented (flag, env, default)."""
-    return describe(WorkerSettings, field)
-
-
-def env_name(field: str) -> str:
-    return info(field).env
-
-
-# How much of an invalid value the error line repeats.
-SHOWN_VALUE_CHARS = 80
-
-
-def shown_value(field: str, value: Any) -> str:
-    """The value as the error line shows it: a Redis URL redacted, anything else repr'd and cut short."""
-    if field in ("redis_url", "REDIS_URL", "WORKER_REDIS_URL"):
-        return repr(redact_url(value) if isinstance(value, str) else "<not a string>")
-    text = repr(value)
-    return text if len(text) <= SHOWN_VALUE_CHARS else text[: SHOWN_VALUE_CHARS - 3] + "..."
-
-
-def describe_error(exc: ValidationError, secret_urls: tuple[str, ...] = ()) -> str:
-    """One line for the first invalid value: which variable or flag, what it got, what it wants.
-
-    ``secret_urls``: URLs whose secrets must not appear in the line whatever the field (the
-    Redis URL that was given, so a message can never repeat its password).
-    """
-    err = exc.errors()[0]
-    field = str(err["loc"][0]) if err["loc"] else "?"
-    known = WorkerSettings.model_fields.get(field)
-    name = env_name(field) if known else field  # a field's name, or the variable it came from
-    flag = info(field).option if known and info(field).flag else ""
-    value = shown_value(field, err.get("input"))
-    where = f"{name} / {flag}" if flag else name
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    line = f"invalid configuration: {where}={value}: {msg}"
-    return " ".join(scrub(line, secret_urls).split())
