@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+_go_string: Callable[[float], str] = floatToGoString  # how Prometheus writes a bucket bound (untyped)
 
 # 1 ms .. 10 min: noop jobs (queue overhead) to the longest reasonable batch job.
 BUCKETS_SECONDS = (
@@ -93,7 +95,7 @@ class JobStats(Collector):
         for (pool, queue, function, status), n in sorted(ended.items()):
             c.add_metric([s, pool, queue, function, status], n)
         yield c
-        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        les = [_go_string(b) for b in self.bounds] + ["+Inf"]
         for i, (name, doc) in enumerate(self.HISTOGRAMS):
             fam = HistogramMetricFamily(name, doc, labels=["strategy", "pool", "queue", "function"], unit="seconds")
             for (pool, queue, function), hists in sorted(timings.items()):

@@ -25,16 +25,17 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
-from rq.defaults import DEFAULT_FAILURE_TTL
+from rq.defaults import DEFAULT_FAILURE_TTL, DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import now, utcformat
-from rq.worker import BaseWorker, WorkerStatus
+from rq.worker import BaseWorker, DequeueStrategy, WorkerStatus
 
 from worker import defaults, events, rqcompat
 from worker.allowlist import allowlist_for
@@ -183,8 +184,21 @@ class PoolWorker(BaseWorker):
 
     # ------------------------------------------------------------------ the loop
 
-    def work(self, burst: bool = False, logging_level: str | None = None, **_: Any) -> bool:  # type: ignore[override]
-        """Register, start the pool, dequeue until stopped (or, with ``burst``, until idle)."""
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        dequeue_strategy: DequeueStrategy = DequeueStrategy.DEFAULT,
+    ) -> bool:
+        """Register, start the pool, dequeue until stopped (or, with ``burst``, until idle).
+
+        RQ's signature; only ``burst`` is used (logging is the CLI's, the scheduler always runs
+        in the monitor, the queues are read in RQ's default order)."""
         self._install_signal_handlers()
         self.bootstrap(logging_level=None)
         self.strategy.start()
@@ -270,26 +284,15 @@ class PoolWorker(BaseWorker):
             ticket = next(t for t in self.inflight.tickets() if t.execution is execution)
         return self.lifecycle.perform(ticket, self.strategy.perform, self.default_job_timeout)
 
-    def requeue(self, ticket: Ticket) -> bool:
-        """Put a running job back at the front of its queue (shutdown, cold stop)."""
-        return self.lifecycle.requeue(ticket)
-
-    def reject_malformed(self, job_id: str | bytes, queue: Queue, exc: BaseException) -> None:
-        """Fail a job whose hash cannot be read, with the reason, and go on (worker/lifecycle/steps.py)."""
-        self.lifecycle.reject_malformed(job_id, queue, exc)
-
     # ------------------------------------------------------------------ registration, recovery
 
     def recover(self) -> None:
         """Re-queue (or fail as abandoned) the jobs of dead workers; see worker/recovery.py."""
         stats = self.recovery.run()
-        outcomes: tuple[tuple[events.RecoveryOutcome, Any], ...] = (
-            ("requeued", stats.requeued),
-            ("abandoned", stats.abandoned),
-        )
-        for outcome, jobs in outcomes:
-            for queue, _, func in jobs:
-                self.hooks.on_recovered(self, events.Recovered(outcome, queue, func))
+        for queue, _, func in stats.requeued:
+            self.hooks.on_recovered(self, events.Recovered("requeued", queue, func))
+        for queue, _, func in stats.abandoned:
+            self.hooks.on_recovered(self, events.Recovered("abandoned", queue, func))
         for queue, _ in stats.refused:
             self.hooks.on_malformed_job(self, events.MalformedJob(queue))
 
@@ -310,7 +313,8 @@ class PoolWorker(BaseWorker):
                 )
                 self.connection.hset(self.key, "death", utcformat(now()))
                 self.recover()
-        super().register_birth()  # type: ignore[no-untyped-call]
+        register: Callable[[], None] = super().register_birth  # RQ's is untyped
+        register()
 
     def serialize(self) -> dict[str, Any]:
         """RQ's worker hash, plus what recovery and dashboards need to read about this worker."""
@@ -363,7 +367,7 @@ class PoolWorker(BaseWorker):
         if leftover:
             log.warning("%d job(s) did not finish in time: re-queueing them", len(leftover))
             for ticket in leftover:  # claim them first, so a killed child is not taken for a crash
-                self.requeue(ticket)
+                self.lifecycle.requeue(ticket)
             self.strategy.kill_running()
         self.strategy.shutdown(wait=not leftover, timeout=2.0)
         self.monitor.stop(2.0)

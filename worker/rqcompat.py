@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rq.defaults import RQ_KEY_PREFIX
 
@@ -113,8 +113,9 @@ def finalize_success(worker: BaseWorker, job: Job, queue: Queue, execution: Exec
 
 def finalize_failure(worker: BaseWorker, job: Job, queue: Queue, execution: Execution | None, exc_info: Any) -> None:
     """RQ's whole failure path (Retry, failure callback, FailedJobRegistry with the traceback)."""
-    # execution is None when the job failed before it was registered; RQ handles that.
-    worker._finalize_failure(job, queue, execution, exc_info)  # type: ignore[arg-type]
+    # execution is None when the job failed before it was registered; RQ handles that, though
+    # it types the parameter as an Execution.
+    worker._finalize_failure(job, queue, cast("Execution", execution), exc_info)
 
 
 def note_shutdown_requested(worker: BaseWorker) -> None:
