@@ -5,6 +5,7 @@ tell a declared hint from a learned class by where the job ran."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -70,3 +71,10 @@ def segfault() -> None:
 def exit_code(n: int) -> None:
     """Ends the whole process at once, from whichever thread runs it."""
     os._exit(n)
+
+
+def loaded_heavy_modules() -> dict[str, Any]:
+    """The modules of rq, redis-py and hiredis loaded in the process that runs this job (this
+    module imports the hint API, as a user's job module would)."""
+    heavy = sorted(m for m in sys.modules if m.partition(".")[0] in ("rq", "redis", "hiredis"))
+    return {"pid": os.getpid(), "modules": heavy}

@@ -26,8 +26,9 @@ from support.workers import WorkerProcess, descendants, start_worker, stop, wait
 
 from worker.composite import CPU, IO, parse_hint
 from worker.strategies import STRATEGIES, StrategyConfig
-from worker.strategies.auto import ADMIT_AHEAD, auto_layout
+from worker.strategies.auto import auto_layout
 from worker.strategies.hybrid import hybrid_layout
+from worker.strategies.places import ADMIT_AHEAD
 from worker.strategies.routing import (
     CPU_RATIO,
     EARLY_SECONDS,

@@ -11,8 +11,8 @@ job whose sub-pool is full waits for it in its lifecycle slot. That cannot deadl
 sub-pool slot is held only by a job that is running, and a running job needs nothing else to
 finish (or to be stopped at its timeout). It must not prefetch either (jobs held in memory
 while the other sub-pool idles, that another replica could have run): the dequeue loop asks
-:meth:`AutoStrategy.admit` before each dequeue, which holds it while a job waits for a full
-sub-pool, and while :data:`ADMIT_AHEAD` jobs are *in transit* (dequeued, not yet placed:
+:meth:`AutoStrategy.admit` (``places.Places``) before each dequeue, which holds it while a job
+waits for a full sub-pool, and while ``ADMIT_AHEAD`` jobs are *in transit* (dequeued, not yet placed:
 their class is not known yet). So at most ``ADMIT_AHEAD`` (2) jobs are ever dequeued and not
 running, and the worker never holds more than ``capacity`` jobs; the bottleneck sub-pool
 still never idles: a waiting job takes the first slot that frees. (With ``ADMIT_AHEAD`` = 1
@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from worker.allowlist import allowlist_for
-from worker.errors import ChildCrashed, RequeueJob
+from worker.errors import ChildCrashed
 from worker.events import RouteChanged
 from worker.hints import CPU, POOL_OF_CLASS
 from worker.poolchild import runqueue_wait, schedstat
@@ -49,7 +47,8 @@ from worker.strategies.children import (
     timeout_error,
     unpack_reply,
 )
-from worker.strategies.routing import EARLY_SECONDS, Profile, Route, Router, process_cpu_reader, thread_cpu_reader
+from worker.strategies.places import AutoSlot, ChildSlot, Places
+from worker.strategies.routing import Profile, Router, process_cpu_reader, thread_cpu_reader
 from worker.strategies.slots import Slot, SlotThreads
 
 if TYPE_CHECKING:
@@ -59,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker.strategies")
 
-# Jobs the dequeue loop may have in transit (dequeued, class not known yet); see the docstring.
-ADMIT_AHEAD = 2
 # Set on the Job object (not saved to Redis) by perform(): the sub-pool that ran it.
 POOL_ATTRIBUTE = "poolq_pool"
 
@@ -82,36 +79,9 @@ def auto_layout(config: StrategyConfig) -> tuple[int, int, int]:
     return threads, procs, threads + procs
 
 
-@dataclass
-class AutoSlot:
-    """What an auto lifecycle slot holds while its job is placed and runs."""
-
-    unplaced: bool = False  # dequeued, not yet placed in a sub-pool (counted in ``unplaced``)
-    thread_token: bool = False  # holds a place in the thread pool
-    in_thread: bool = False  # its job runs in this thread (an overdue one cannot be killed)
-    thread_probe: str | None = None  # the new function this thread job measures
-    child: ChildSlot | None = None  # the process-pool slot its job runs in
-
-    def take_unplaced(self) -> bool:
-        was, self.unplaced = self.unplaced, False
-        return was
-
-
 def _measured(reply: tuple[Any, ...]) -> tuple[Any, float, float]:
     """(value, CPU seconds, seconds it waited for a core) of a measuring child's ok reply."""
     return reply[1], float(reply[2]), float(reply[3]) if len(reply) > 3 else 0.0
-
-
-@dataclass(eq=False)
-class ChildSlot:
-    """One slot of auto's process pool: a one-job child, busy or free."""
-
-    index: int
-    child: PoolChild
-    busy: bool = False
-    # Serialises kill/stop/replace of the child: a slot thread replacing a killed child and
-    # shutdown() must not close the same pipe twice (the fd number may be reused meanwhile).
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class AutoStrategy(Strategy):
@@ -133,14 +103,9 @@ class AutoStrategy(Strategy):
         self.n_threads, self.n_processes, _ = auto_layout(config)
         self.ctx = spawn_context(config)
         self.slots = SlotThreads(self.capacity, "poolq-auto", AutoSlot)
-        self.cond = threading.Condition()
-        self.free_threads = self.n_threads
-        self.children: list[ChildSlot] = []
-        self.unplaced = 0  # dequeued jobs not yet placed in a sub-pool (in transit or waiting)
-        self.waiting = 0  # of those, jobs that found their sub-pool full and wait for it
-        self.blocked_for_process = 0  # of those, jobs waiting for a process slot
-        self.stopping = False
         self.router = Router(self._class_changed, allowlist_for(config.allowed_functions))
+        self.places = Places(self.n_threads, self.router)
+        self.cond = self.places.cond
         self.routed: dict[str, int] = {"thread": 0, "process": 0}
         self._warm: set[tuple[int, str]] = set()  # (pid, function) that ran once: later runs are measured
 
@@ -148,7 +113,7 @@ class AutoStrategy(Strategy):
 
     def start(self) -> None:
         with self.cond:
-            self.children = [ChildSlot(i, self._new_child()) for i in range(self.n_processes)]
+            self.places.children = [ChildSlot(i, self._new_child()) for i in range(self.n_processes)]
         self.slots.start()
         log.info(
             "auto: a thread pool of %d and a process pool of %d (%d jobs at once); rule: %s",
@@ -182,8 +147,7 @@ class AutoStrategy(Strategy):
         return PoolChild(self.ctx, self.config.allowed_functions, measure_runqueue=True)
 
     def submit(self, work: Work) -> None:
-        with self.cond:
-            self.unplaced += 1
+        self.places.submitted()
 
         def run() -> None:
             slot = self.slots.current()
@@ -193,14 +157,9 @@ class AutoStrategy(Strategy):
                 work()
             finally:  # a job that never reached perform() (rejected, Redis trouble) is "placed" too
                 if slot is None or slot.state.take_unplaced():
-                    self._placed()
+                    self.places.placed()
 
         self.slots.submit(run)
-
-    def _placed(self) -> None:
-        with self.cond:
-            self.unplaced -= 1
-            self.cond.notify_all()
 
     def current_token(self) -> object:
         return self.slots.current()
@@ -209,100 +168,15 @@ class AutoStrategy(Strategy):
         return 1  # admit() decides before each job: a batch would be held unplaced
 
     def admit(self, timeout: float) -> bool:
-        """Not while a job waits for a full sub-pool or ADMIT_AHEAD are in transit (see the docstring)."""
-        with self.cond:
-            if self.waiting == 0 and self.unplaced < ADMIT_AHEAD:
-                return True
-            self.cond.wait(timeout)
-            return self.waiting == 0 and self.unplaced < ADMIT_AHEAD
+        return self.places.admit(timeout)
 
     def pool_of(self, job: Job) -> str:
         return str(getattr(job, POOL_ATTRIBUTE, self.name))
 
-    # ------------------------------------------------------------------ placing a job
-
-    def _free_child(self) -> ChildSlot | None:
-        for cs in self.children:
-            if not cs.busy:
-                return cs
-        return None
-
-    def _acquire(
-        self, slot: Slot[AutoSlot], job: Job, route: Route, deadline: float, timeout: float
-    ) -> ChildSlot | None:
-        """Take a place for the job: a child (returned) or a thread token (None). Waits if full."""
-        func_name = str(job.func_name)
-        waiting = False
-        since = time.monotonic()
-        try:
-            with self.cond:
-                while True:
-                    if route.new and not self.router.is_new(func_name):
-                        old_pool = route.pool
-                        route = self.router.route(job)  # classed meanwhile (a run ended, or early)
-                        if waiting and old_pool == "process" and route.pool != "process":
-                            self.blocked_for_process -= 1
-                    if self.stopping:
-                        raise RequeueJob("the worker is stopping; the job was not started and is re-queued")
-                    if route.pool == "process" or ((route.probe or route.idle_child) and self.blocked_for_process == 0):
-                        cs = self._free_child()
-                        if cs is not None:
-                            cs.busy = True
-                            return cs
-                    if route.pool == "thread" and self.free_threads > 0:
-                        self.free_threads -= 1
-                        return None
-                    if (
-                        route.new
-                        and self.free_threads > 0
-                        and time.monotonic() - since >= EARLY_SECONDS
-                        and self.router.start_thread_probe(func_name)
-                    ):
-                        slot.state.thread_probe = func_name
-                        self.free_threads -= 1
-                        return None
-                    if route.pool == "thread" and route.overflow and self.blocked_for_process == 0:
-                        cs = self._free_child()
-                        if cs is not None:
-                            cs.busy = True
-                            return cs
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise timeout_error(timeout, f"no {route.pool} slot became free within it")
-                    if not waiting:
-                        waiting = True
-                        self.waiting += 1
-                        if route.pool == "process":
-                            self.blocked_for_process += 1
-                    self.cond.wait(min(left, 0.25))
-                    if route.new:
-                        self.router.early(func_name)
-        finally:
-            with self.cond:
-                if waiting:
-                    self.waiting -= 1
-                    if route.pool == "process":
-                        self.blocked_for_process -= 1
-                if slot.state.take_unplaced():
-                    self.unplaced -= 1
-                self.cond.notify_all()
-
-    def _release_thread(self, slot: Slot[AutoSlot]) -> None:
-        with self.cond:
-            if slot.state.thread_token:
-                slot.state.thread_token = False
-                self.free_threads += 1
-                self.cond.notify_all()
-
-    def _release_child(self, cs: ChildSlot) -> None:
-        with self.cond:
-            cs.busy = False
-            self.cond.notify_all()
-
     def _replace(self, cs: ChildSlot, reason: str) -> None:
         with cs.lock:
             cs.child.kill()
-            if self.stopping:
+            if self.places.stopping:
                 return  # no replacement while stopping (a cold stop killed it)
             cs.child = self._new_child()
         self._replaced(reason)
@@ -313,7 +187,7 @@ class AutoStrategy(Strategy):
         slot = self.slots.current_slot("AutoStrategy.perform")
         deadline = time.monotonic() + timeout
         route = self.router.route(job)
-        cs = self._acquire(slot, job, route, deadline, timeout)
+        cs = self.places.acquire(slot.state, job, route, deadline, timeout)
         pool = "thread" if cs is None else "process"
         setattr(job, POOL_ATTRIBUTE, pool)  # read by pool_of(): the metrics' pool label
         with self.cond:
@@ -351,7 +225,7 @@ class AutoStrategy(Strategy):
             cpu = time.thread_time() - t0_cpu
             wall = time.perf_counter() - t0_wall - runqueue_wait(s0)
             slot.state.in_thread = False
-            self._release_thread(slot)
+            self.places.release_thread(slot.state)
             self.router.run_ended(func_name, rid)
             if ok:
                 self._observe(os.getpid(), func_name, "thread", cpu, wall)
@@ -393,7 +267,7 @@ class AutoStrategy(Strategy):
         finally:
             self.router.run_ended(func_name, rid)
             slot.state.child = None
-            self._release_child(cs)
+            self.places.release_child(cs)
 
     def _after_job(self, cs: ChildSlot) -> None:
         child = cs.child
@@ -415,29 +289,23 @@ class AutoStrategy(Strategy):
             return True
         if state.in_thread and not slot_token.retired:
             # As the thread strategy; its place in the thread pool goes to the fresh thread too.
-            self._release_thread(slot_token)
+            self.places.release_thread(state)
             self._runaway(self.slots, slot_token, "auto: ")
         return False
 
     def kill_running(self) -> None:
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-            children = [cs.child for cs in self.children]
-        for child in children:
+        for child in self.places.stop():
             if child.alive():
                 child.terminate("cold_stop")
 
     def child_pids(self) -> list[int]:
         with self.cond:
-            return [cs.child.pid for cs in self.children if cs.child.pid]
+            return [cs.child.pid for cs in self.places.children if cs.child.pid]
 
     def shutdown(self, wait: bool, timeout: float | None = None) -> None:
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
+        self.places.stop()
         self.slots.shutdown(wait, timeout)
-        for cs in self.children:
+        for cs in self.places.children:
             with cs.lock:
                 if wait:
                     cs.child.stop()
