@@ -307,3 +307,12 @@ def test_readme_configuration_table_matches_the_settings() -> None:
             rows[cells[0].strip("`")] = cells[1].strip("`")
     documented = {s.env: s.shown for s in settings_of(WorkerSettings)}
     assert rows == documented
+
+
+def test_the_strategy_names_are_the_registry() -> None:
+    """One list of names: the settings' (``defaults.STRATEGIES``, the flag's choices) is the
+    registry's, complete whichever module is imported first (it used to lack hybrid and auto
+    until worker.composite had been imported)."""
+    from worker.strategies import STRATEGIES
+
+    assert tuple(STRATEGIES) == defaults.STRATEGIES
