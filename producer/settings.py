@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker import flags
 from worker.config_values import ascii_int, check_redis_url
-from worker.redact import redact_url, scrub
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -31,7 +31,7 @@ class ProducerSettings(BaseSettings):
     queue: str = "default"
     batch_size: int = Field(500, ge=1, le=100_000)
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
-    result_ttl_seconds: int = Field(3600, ge=1, le=365 * 86_400)
+    result_ttl_seconds: int = Field(3600, ge=1, le=365 * 86_400, json_schema_extra={"flag": False})  # env only
     worker_metrics: str = ""
 
     @field_validator("*", mode="before")
@@ -71,19 +71,11 @@ def from_args(args: argparse.Namespace) -> ProducerSettings:
 
 
 def describe_error(exc: ValidationError) -> str:
-    """One line for the first invalid value."""
+    """One line for the first invalid value, as the worker's (worker/flags.py): variable, flag, value, rule."""
     import os
 
     err = exc.errors()[0]
     field = str(err["loc"][0]) if err["loc"] else "?"
-    is_url = field in ("redis_url", "REDIS_URL", "PRODUCER_REDIS_URL")
-    name = "REDIS_URL" if is_url else "PRODUCER_" + field.upper().removeprefix("PRODUCER_")
-    value = err.get("input")
-    shown = repr(redact_url(value) if isinstance(value, str) else "<not a string>") if is_url else repr(value)[:80]
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    secrets = [
-        u
-        for u in (value if is_url else None, os.environ.get("REDIS_URL"), os.environ.get("PRODUCER_REDIS_URL"))
-        if isinstance(u, str) and u
-    ]
-    return " ".join(scrub(f"invalid configuration: {name}={shown}: {msg}", secrets).split())
+    value = err.get("input") if field in ("redis_url", "REDIS_URL", "PRODUCER_REDIS_URL") else None
+    secrets = (value, os.environ.get("REDIS_URL"), os.environ.get("PRODUCER_REDIS_URL"))
+    return flags.describe_error(ProducerSettings, exc, tuple(u for u in secrets if isinstance(u, str) and u))
