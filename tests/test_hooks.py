@@ -24,7 +24,7 @@ class Recorder(Hooks):
         self.calls = calls
 
     def __getattribute__(self, name: str) -> Any:
-        if name.startswith("on_") and name != "on_event":
+        if name.startswith("on_"):
 
             def record(worker: Any, event: Any = None) -> None:
                 object.__getattribute__(self, "calls").append((object.__getattribute__(self, "label"), name, event))

@@ -12,7 +12,6 @@ Hooks see the worker through :class:`WorkerView`, a few read-only figures, never
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,13 +58,6 @@ class Hooks:
     def emit(self, worker: WorkerView | None, event: events.Event) -> None:
         """Call the method named by the event (``event.hook``)."""
         getattr(self, event.hook)(worker, event)
-
-    def on_event(self, worker: WorkerView | None, name: str, **fields: Any) -> None:
-        """Transitional: a counted event by its name, for callers not yet switched to :meth:`emit`."""
-        cls = next((c for c in events.EVENTS if c.name == name), None)
-        if cls is not None:
-            wanted = {f.name for f in dataclasses.fields(cls)}
-            self.emit(worker, cls(**{k: v for k, v in fields.items() if k in wanted}))
 
     def on_worker_start(self, worker: WorkerView) -> None:
         """After the worker registered and its pool started."""

@@ -2,12 +2,12 @@
 
 Every Redis command of the worker retries connection errors with backoff (20 times, ~33 s per
 command: :func:`worker.cli.connect`), and a job's outcome waits up to 10 minutes for Redis
-(``PoolWorker._redis_retry``). Both are right while the worker runs and wrong once it is asked
+(``RedisRetry.run``, worker/lifecycle/retrying.py). Both are right while the worker runs and wrong once it is asked
 to stop: with Redis gone, a SIGTERM'd worker spent ~33 s on *each* job it tried to re-queue and
 on its own death record, and was still running 90 s later.
 
 A :class:`StopGate` is the one question all those loops ask: "stop retrying now?". The worker
-answers it (``PoolWorker._stop_retrying``): not before a stop is requested; after it, only while
+answers it (``RedisRetry.stop_retrying``): not before a stop is requested; after it, only while
 jobs still run and the shutdown timeout has not passed. What could not be written then stays
 where recovery finds it (the started registry, the intermediate list).
 """
