@@ -37,7 +37,7 @@ from worker.errors import ChildCrashed
 from worker.events import RouteChanged
 from worker.hints import CPU, POOL_OF_CLASS
 from worker.poolchild import runqueue_wait, schedstat
-from worker.strategies.base import Strategy, StrategyConfig, Work
+from worker.strategies.base import Strategy, StrategyConfig
 from worker.strategies.children import (
     ChildDied,
     Overdue,
@@ -49,7 +49,7 @@ from worker.strategies.children import (
 )
 from worker.strategies.places import AutoSlot, ChildSlot, Places
 from worker.strategies.routing import Profile, Router, process_cpu_reader, thread_cpu_reader
-from worker.strategies.slots import Slot, SlotThreads
+from worker.strategies.slots import Slot, SlotThreads, Work
 
 if TYPE_CHECKING:
     from rq.job import Job

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,11 +31,9 @@ if TYPE_CHECKING:
     from rq.job import Job
 
     from worker.hooks import Hooks
-    from worker.strategies.slots import Slot, SlotThreads
+    from worker.strategies.slots import Slot, SlotThreads, Work
 
 log = logging.getLogger("worker.strategies")
-
-Work = Callable[[], None]
 
 
 @dataclass

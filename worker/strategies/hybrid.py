@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ChildCrashed, RequeueJob
-from worker.strategies.base import Strategy, StrategyConfig, Work
+from worker.strategies.base import Strategy, StrategyConfig
 from worker.strategies.children import (
     ChildDied,
     Overdue,
@@ -41,7 +41,7 @@ from worker.strategies.children import (
     timeout_error,
     unpack_reply,
 )
-from worker.strategies.slots import Slot, SlotThreads
+from worker.strategies.slots import Slot, SlotThreads, Work
 from worker.strategies.threaded_pool import Call, Death, ThreadedPool
 
 if TYPE_CHECKING:

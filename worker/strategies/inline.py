@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
 from worker.errors import ColdShutdown
-from worker.strategies.base import Strategy, StrategyConfig, Work
+from worker.strategies.base import Strategy, StrategyConfig
+from worker.strategies.slots import Work
 
 if TYPE_CHECKING:
     from rq.job import Job

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import ChildCrashed
-from worker.strategies.base import Strategy, StrategyConfig, Work
+from worker.strategies.base import Strategy, StrategyConfig
 from worker.strategies.children import (
     ChildDied,
     Overdue,
@@ -22,7 +22,7 @@ from worker.strategies.children import (
     timeout_error,
     unpack_reply,
 )
-from worker.strategies.slots import Slot, SlotThreads
+from worker.strategies.slots import Slot, SlotThreads, Work
 
 if TYPE_CHECKING:
     from rq.job import Job

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from worker.strategies.base import Work
-
 log = logging.getLogger("worker.strategies")
 
 S = TypeVar("S")
+# One unit of lifecycle work: everything that happens to one job in the worker.
+Work = Callable[[], None]
 
 
 @dataclass(eq=False)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from worker.strategies.base import Strategy, StrategyConfig, Work
-from worker.strategies.slots import Slot, SlotThreads
+from worker.strategies.base import Strategy, StrategyConfig
+from worker.strategies.slots import Slot, SlotThreads, Work
 
 if TYPE_CHECKING:
     from rq.job import Job
