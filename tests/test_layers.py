@@ -11,8 +11,8 @@ a function (lazy imports count: they are the cycles a reader trips over), under
 ``TYPE_CHECKING``. A new module must be given a layer here, which is the point: its place is
 decided, not discovered. docs/architecture.md draws the same picture.
 
-To add ``worker/`` once ``worker.composite <-> worker.strategies`` is gone: give it an entry
-in ``LAYERS`` (its modules bottom first); the tests below then check it like the others.
+``worker/`` joined once ``worker.composite <-> worker.strategies`` was gone (the strategies
+became a package whose registry is one dict literal).
 """
 
 from __future__ import annotations
@@ -51,12 +51,35 @@ LAYERS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("commands", ("bench.cli", "bench.run", "bench.scale", "bench.profile", "bench.composite", "bench.sizing",
                       "bench.metrics_overhead")),
     ],
-    # "worker": [...]  -- to come once worker.composite <-> worker.strategies is gone (see above)
+    "worker": [
+        ("foundations", ("worker", "worker.defaults", "worker.errors", "worker.events", "worker.redact",
+                         "worker.config_values", "worker.cpus", "worker.proctree", "worker.outage", "worker.hints",
+                         "worker.quarantine", "worker.rqcompat", "worker.callbacks", "worker.webhooks", "worker.jobs",
+                         "worker.jobstats", "worker.inflight", "worker.cli_parser", "worker.flags")),
+        ("policies", ("worker.allowlist", "worker.hooks", "worker.jobdata", "worker.guarded_job", "worker.recovery",
+                      "worker.settings", "worker.poolchild")),
+        ("plug-ins", ("worker.metrics",)),
+        ("strategies", ("worker.strategies*", "worker.composite")),
+        ("lifecycle", ("worker.lifecycle*",)),
+        ("loop", ("worker.monitor", "worker.pool_worker")),
+        ("commands", ("worker.cli", "worker.__main__")),
+    ],
 }  # fmt: skip
 
 # Layers that import nothing from each other although one sits above the other: whatever reads
 # results (report, charts, planner) must work from a results.json alone, without Redis or workers.
-INDEPENDENT = {"producer": [("instruments", "reading")]}
+# The worker's: metrics see events and a small view of the worker, never a strategy, the lifecycle
+# or PoolWorker; a strategy runs work it is handed and knows nothing of a job's lifecycle (which
+# a child process could run), and the lifecycle knows no strategy.
+INDEPENDENT = {
+    "producer": [("instruments", "reading")],
+    "worker": [
+        ("plug-ins", "strategies"),
+        ("plug-ins", "lifecycle"),
+        ("plug-ins", "loop"),
+        ("strategies", "lifecycle"),
+    ],
+}
 
 
 def modules(package: str, root: Path = ROOT) -> dict[str, Path]:
