@@ -261,16 +261,7 @@ class JobLifecycle:
             # Nothing was written. The failure path that follows cannot write a Result either
             # when the wrong key is the results stream: the reason goes where it can be read.
             reason = f"{WrongTypeKey.__name__}: job {job.id} could not be finished: {e}"
-            refuse(
-                self.connection,
-                job.id,
-                queue,
-                reason,
-                failure_ttl=DEFAULT_FAILURE_TTL,
-                worker_name=self.w.name,
-                from_intermediate=False,
-                serializer=self.w.serializer,
-            )
+            self._refuse(job.id, queue, reason, from_intermediate=False)
             raise
         if not applied:
             # Dependents appeared while the job ran: RQ's WATCH/MULTI path moves and enqueues them.
@@ -330,6 +321,10 @@ class JobLifecycle:
             detail = detail[:497] + "..."
         reason = f"{MalformedJob.__name__}: job {printable(job_id)} could not be loaded: {type(exc).__name__}: {detail}"
         self.hooks.on_malformed_job(self.view, events.MalformedJob(queue.name))
+        self._refuse(job_id, queue, reason, from_intermediate=not isinstance(exc, IdTooLong))
+
+    def _refuse(self, job_id: str | bytes, queue: Queue, reason: str, from_intermediate: bool) -> None:
+        """Fail the job with ``reason`` where RQ's failure path cannot (worker/quarantine.py)."""
         refuse(
             self.connection,
             job_id,
@@ -337,7 +332,7 @@ class JobLifecycle:
             reason,
             failure_ttl=DEFAULT_FAILURE_TTL,
             worker_name=self.w.name,
-            from_intermediate=not isinstance(exc, IdTooLong),
+            from_intermediate=from_intermediate,
             serializer=self.w.serializer,
         )
 
