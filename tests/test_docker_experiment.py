@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from support import docker_engine
+from support.base import one_line
 
 from producer.containers import LABEL, leftovers
 
@@ -47,12 +48,6 @@ def producer(*args: str, env: dict[str, str] | None = None, timeout: float = 900
         text=True,
         timeout=timeout,
     )
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,14 +15,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from support.base import free_port, wait_for
 from support.rq_jobs import enqueue_many, fetch, finished_records, json_queue, overlap
-from support.workers import WorkerProcess, descendants, start_worker, stop, wait_registered, worker_hash
+from support.workers import WorkerProcess, descendants, pid_gone, start_worker, stop, wait_registered, worker_hash
 
 from worker.composite import CPU, IO, parse_hint
 from worker.strategies import STRATEGIES, StrategyConfig
@@ -76,13 +75,6 @@ def failure(conn: Redis, job_id: str) -> str:
     res = fetch(conn, job_id).latest_result()
     assert res is not None
     return res.exc_string or ""
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def start(redis_url: str, conn: Redis, strategy: str, *extra: str, concurrency: Any = None) -> WorkerProcess:

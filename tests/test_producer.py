@@ -25,7 +25,7 @@ import pytest
 import redis as redis_lib
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from support.base import free_port
+from support.base import free_port, one_line
 from support.redis_server import RedisServer
 from support.workers import start_worker, wait_registered
 
@@ -45,12 +45,6 @@ def call(argv: list[str]) -> int:
         return cli.main(argv)
     except SystemExit as e:
         return int(e.code or 0)
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    return lines[0]
 
 
 def producer(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -46,6 +46,7 @@ from support.workers import (
     kill_group,
     log_lines,
     new_name,
+    pid_gone,
     run_worker,
     settings_env,
     start_worker,
@@ -143,13 +144,6 @@ def assert_pool_width(
 def child_pid_in(exc: str) -> int | None:
     m = re.search(r"pool child (\d+)", exc)
     return int(m.group(1)) if m else None
-
-
-def pid_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -908,10 +902,10 @@ def test_memory_guard_replaces_child_above_cap(server: Any, conn: Redis[bytes], 
     ids = [q.enqueue("tests.jobs.leak", leak_mb, meta=meta).id for _ in range(n)]
     worker = start(server, strategy, 1, env=settings_env(max_child_memory_mb=cap_mb))
     peak: dict[int, int] = {}
-    stop = threading.Event()
+    sampled = threading.Event()  # not ``stop``: that is the worker helper, used below
 
     def sample() -> None:
-        while not stop.is_set():
+        while not sampled.is_set():
             for pid in descendants(worker.pid):
                 with contextlib.suppress(psutil.Error):
                     rss = psutil.Process(pid).memory_info().rss
@@ -923,7 +917,7 @@ def test_memory_guard_replaces_child_above_cap(server: Any, conn: Redis[bytes], 
     try:
         wait_ended(conn, ids, 60, worker, "the leaking jobs")
     finally:
-        stop.set()
+        sampled.set()
         sampler.join(5)
     recs = records(conn, ids)
     limit = (cap_mb + leak_mb) * 2**20

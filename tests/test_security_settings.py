@@ -27,7 +27,7 @@ from redis import Redis
 from support.base import PYTHON, REPO_ROOT, free_port, wait_for
 from support.redis_server import RedisServer
 from support.rq_jobs import enqueue_many, fetch, json_queue
-from support.workers import start_worker, stop, wait_registered, worker_env
+from support.workers import assert_one_line_error, run_cli, start_worker, stop, wait_registered, worker_env
 
 from worker import defaults
 from worker.recovery import REDELIVERIES_FIELD
@@ -56,21 +56,6 @@ def secure_redis(tmp_path: Path) -> Any:
     server = PasswordRedis(tmp_path / "redis-secure")
     yield server
     server.stop()
-
-
-def run_cli(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
-    """``python -m worker ARGS``, environment from ``worker_env`` plus ``env``."""
-    return subprocess.run(
-        [PYTHON, "-m", "worker", *args],
-        cwd=REPO_ROOT,
-        env=worker_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def assert_no_password(text: str, where: str) -> None:
@@ -222,17 +207,6 @@ def test_an_invalid_redis_url_is_one_line_without_its_password(url: str, how: st
 
 
 # ------------------------------------------------------------------------------ settings validated as a whole
-
-
-def assert_one_line_error(res: subprocess.CompletedProcess[str], *mentions: str) -> str:
-    detail = f"exit {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
-    assert res.returncode == 2, detail
-    assert "Traceback" not in res.stderr, detail
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, detail
-    for m in mentions:
-        assert m.lower() in lines[0].lower(), detail
-    return lines[0]
 
 
 ARABIC_2 = "\u0662"  # ARABIC-INDIC DIGIT TWO: int() and str.isdigit() take it for 2

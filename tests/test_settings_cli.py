@@ -8,43 +8,24 @@ proved by what the worker then does (where jobs ran, what it consumed), not by i
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 from redis import Redis
 from support.base import PYTHON, REPO_ROOT, free_port, wait_for
 from support.rq_jobs import enqueue_many, fetch, finished_records, json_queue
-from support.workers import assert_ok, run_worker, start_worker, stop, wait_registered, worker_env
+from support.workers import (
+    assert_ok,
+    assert_one_line_error,
+    run_cli,
+    run_worker,
+    start_worker,
+    stop,
+    wait_registered,
+    worker_env,
+)
 
 from worker import defaults
-
-
-def run_cli(
-    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
-    """``python -m worker ARGS`` with a clean environment plus ``env`` (no --redis-url added)."""
-    return subprocess.run(
-        [PYTHON, "-m", "worker", *args],
-        cwd=REPO_ROOT,
-        env=worker_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def assert_one_line_error(res: subprocess.CompletedProcess[str], *mentions: str) -> str:
-    detail = f"exit {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
-    assert res.returncode == 2, detail
-    assert "Traceback" not in res.stderr, detail
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, detail
-    for m in mentions:
-        assert m.lower() in lines[0].lower(), detail
-    return lines[0]
-
 
 # ------------------------------------------------------------------------------ bad input
 

@@ -36,3 +36,10 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate!r}")
         time.sleep(interval)
+
+
+def one_line(err: str) -> str:
+    """The one non-empty line of ``err``; fails when there are more."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    return lines[0]

@@ -326,3 +326,38 @@ def merged_env(*parts: Mapping[str, str] | None) -> dict[str, str]:
 
 def log_lines(text: str, needle: str) -> list[str]:
     return [line for line in text.splitlines() if needle in line]
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m worker ARGS`` with a clean environment plus ``env`` (no --redis-url added)."""
+    return subprocess.run(
+        [PYTHON, "-m", "worker", *args],
+        cwd=REPO_ROOT,
+        env=worker_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess[str], *mentions: str) -> str:
+    """Exit code 2, no traceback, one line on stderr naming each of ``mentions``; returns that line."""
+    detail = f"exit {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+    assert res.returncode == 2, detail
+    assert "Traceback" not in res.stderr, detail
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, detail
+    for m in mentions:
+        assert m.lower() in lines[0].lower(), detail
+    return lines[0]
+
+
+def pid_gone(pid: int) -> bool:
+    """The process is gone (or a zombie nobody reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
