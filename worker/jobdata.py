@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import redis
@@ -198,7 +198,8 @@ class BoundedJob(Job):
         the clean-up of that registry, for every job in it, at every pass.
         """
         try:
-            super().refresh()  # type: ignore[no-untyped-call]
+            refresh: Callable[[], None] = super().refresh  # RQ's is untyped
+            refresh()
         except redis.exceptions.ResponseError as e:
             if not _is_wrongtype(e):
                 raise
