@@ -338,6 +338,10 @@ def _env_urls() -> list[str]:
     return [u for u in (os.environ.get("REDIS_URL"), os.environ.get("PRODUCER_REDIS_URL")) if u]
 
 
+# What the producer's extra brings (requirements/producer.txt); imported lazily by the commands.
+EXTRA_MODULES = frozenset({"numpy", "matplotlib", "rich"})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["demo"]:  # the compose stack's steady demo load: see producer/demo.py
@@ -361,3 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # a plain `pip install poolq` is the worker alone
+        if (e.name or "").split(".")[0] not in EXTRA_MODULES:
+            raise
+        print(f"error: {e.name} is not installed: the producer needs `pip install 'poolq[producer]'`", file=sys.stderr)
+        return 2

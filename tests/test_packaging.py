@@ -72,3 +72,15 @@ def test_a_fresh_venv_with_the_plain_install_runs_the_worker(tmp_path: Path) -> 
     helped = subprocess.run([py, "-m", "worker", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0, helped.stderr
     assert "--strategy" in helped.stdout
+    # The producer says what is missing in one line instead of a traceback.
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "tests" / "data" / "results-v1-local", results)
+    planned = subprocess.run(
+        [py, "-m", "producer", "report", "--results", str(results)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert planned.returncode == 2, planned.stderr
+    assert planned.stderr.strip().count("\n") == 0 and "poolq[producer]" in planned.stderr, planned.stderr
