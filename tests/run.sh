@@ -31,13 +31,17 @@ fi
 (($# == 0)) || exit 0
 CORE_TESTS=(
   tests/test_core.py tests/test_settings_cli.py tests/test_packaging.py
-  tests/test_erlang.py tests/test_producer.py
+  tests/test_erlang.py tests/test_producer.py tests/test_allowlist.py
 )
 for v in 3.12 3.13; do
-  py="$(command -v "python$v" || true)"
-  if [ -z "$py" ]; then
-    py="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/"python$v" 2>/dev/null | sort -V | tail -1 || true)"
-  fi
+  py=""  # the first that runs: a pyenv install, then python3.X on PATH (a pyenv shim may not run)
+  for cand in $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/"python$v" 2>/dev/null | sort -V -r) \
+    $(command -v "python$v" || true); do
+    if "$cand" -c 'import venv' >/dev/null 2>&1; then
+      py="$cand"
+      break
+    fi
+  done
   if [ -z "$py" ]; then
     echo "skipping Python $v: no python$v on PATH or under pyenv"
     continue
