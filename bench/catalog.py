@@ -132,6 +132,26 @@ def resolve_concurrency(strategy: str, value: str) -> int:
     return cpus * threads_per_cpu() if strategy == "thread" else cpus
 
 
+def worker_cmd(url: str, strategy: str, concurrency: str) -> list[str]:
+    """The command line of one burst poolq worker on the bench queue (no metrics endpoint)."""
+    return [
+        sys.executable,
+        "-m",
+        "worker",
+        "--strategy",
+        strategy,
+        "--concurrency",
+        concurrency,
+        "--queues",
+        QUEUE,
+        "--burst",
+        "--redis-url",
+        url,
+        "--metrics-port",
+        "0",
+    ]
+
+
 @dataclass(frozen=True)
 class Runner:
     key: str  # "thread" / "process" / "inline" / "rq-fork" / "rq-simple" / "rq-pool"
@@ -153,22 +173,7 @@ class Runner:
     def command(self, url: str, concurrency: str, rq_bin: str) -> list[str]:
         if self.baseline is not None:
             return [rq_bin, *self.baseline.args, "--serializer", SERIALIZER_PATH, "--url", url, QUEUE]
-        return [
-            sys.executable,
-            "-m",
-            "worker",
-            "--strategy",
-            self.key,
-            "--concurrency",
-            concurrency,
-            "--queues",
-            QUEUE,
-            "--burst",
-            "--redis-url",
-            url,
-            "--metrics-port",
-            "0",
-        ]
+        return worker_cmd(url, self.key, concurrency)
 
 
 def make_runners(strategies: list[str], baselines: list[str]) -> list[Runner]:

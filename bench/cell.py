@@ -152,6 +152,19 @@ def read_jobs(client: redis.Redis[bytes], ids: list[str]) -> dict[str, Any]:
     }
 
 
+def cell_head(runner: Runner, wname: str, repeat: int, count: int, conc_arg: str, conc: int) -> dict[str, Any]:
+    """The fields that name a cell, first in both a measured cell and an error cell."""
+    return {
+        "runner": runner.key,
+        "label": runner.label,
+        "workload": wname,
+        "repeat": repeat,
+        "count": count,
+        "concurrency_arg": conc_arg,
+        "concurrency": conc,
+    }
+
+
 def run_cell(bench: Bench, runner: Runner, wl: Workload | None, count: int, repeat: int) -> dict[str, Any]:
     """One worker run. ``wl=None``: an empty queue, to measure the worker's fixed start-up cost."""
     client = bench.server.client
@@ -225,13 +238,7 @@ def run_cell(bench: Bench, runner: Runner, wl: Workload | None, count: int, repe
     # tree, our redis-server and the bench itself, as a share of all CPUs over the run's wall time.
     others_pct = max(0.0, busy - cpu - redis_cpu - own) / (wall * (psutil.cpu_count() or 1)) * 100 if wall else 0.0
     result: dict[str, Any] = {
-        "runner": runner.key,
-        "label": runner.label,
-        "workload": wname,
-        "repeat": repeat,
-        "count": count,
-        "concurrency_arg": conc_arg,
-        "concurrency": conc,
+        **cell_head(runner, wname, repeat, count, conc_arg, conc),
         "command": cmd,
         "loadavg": list(load),
         "others_cpu_pct": others_pct,
@@ -278,13 +285,7 @@ def error_cell(
     log(f"[r{repeat}] {runner.label} {wname}: harness error {exc!r}")
     nan = math.nan
     return {
-        "runner": runner.key,
-        "label": runner.label,
-        "workload": wname,
-        "repeat": repeat,
-        "count": count,
-        "concurrency_arg": conc_arg,
-        "concurrency": conc,
+        **cell_head(runner, wname, repeat, count, conc_arg, conc),
         "loadavg": list(os.getloadavg()),
         "others_cpu_pct": math.nan,
         "jobs_per_s": nan,

@@ -39,29 +39,10 @@ from typing import Any
 
 import psutil
 
-from bench.catalog import QUEUE, REPO, WORKLOADS, resolve_concurrency
+from bench.catalog import REPO, WORKLOADS, resolve_concurrency, worker_cmd
 from bench.cell import commandstats, enqueue_jobs, read_jobs
 from bench.procs import RedisServer, cleanup_all, log, spawn, tree_memory
 from producer.processes import kill_group
-
-
-def worker_cmd(url: str, strategy: str, concurrency: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "worker",
-        "--strategy",
-        strategy,
-        "--concurrency",
-        concurrency,
-        "--queues",
-        QUEUE,
-        "--burst",
-        "--redis-url",
-        url,
-        "--metrics-port",
-        "0",
-    ]
 
 
 def run_once(

@@ -54,14 +54,35 @@ SEEN_KEY = "poolq:intermediate_seen:{}"
 # Then, for the job's keys: a job key that holds no hash returns 'wrongtype:<type>' (the caller
 # refuses the job); per-job keys that cannot be written (a worker's executions set, the per-job
 # execution registry) are skipped; a redelivery count that is not a number counts as spent.
-_QUEUE_KEYS_OK = """
+# Both end in ``redeliver``: count the redelivery, then requeue the job, or fail it once the
+# count is spent (returning the count, negated when failed; 0 when the job hash is gone).
+_QUEUE_KEYS_OK = (
+    """
 local function check(key, want)
   local have = redis.call('TYPE', key)['ok']
   if have ~= 'none' and have ~= want then
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. have .. ', not a ' .. want)
   end
 end
+local function redeliver(queue, job, failed, job_id, max, score, now)
+  local t = redis.call('TYPE', job)['ok']
+  if t == 'none' then return 0 end
+  if t ~= 'hash' then return 'wrongtype:' .. t end
+  local n = redis.pcall('HINCRBY', job, '"""
+    + REDELIVERIES_FIELD
+    + """', 1)
+  if type(n) ~= 'number' then n = tonumber(max) + 1 end
+  if n > tonumber(max) then
+    redis.call('HSET', job, 'status', 'failed', 'ended_at', now)
+    redis.call('ZADD', failed, score, job_id)
+    return -n
+  end
+  redis.call('HSET', job, 'status', 'queued')
+  redis.call('LPUSH', queue, job_id)
+  return n
+end
 """
+)
 
 # KEYS: started registry, queue list, job hash, execution hash, worker executions set,
 #       per-job execution registry, failed registry, intermediate list
@@ -76,21 +97,7 @@ redis.call('DEL', KEYS[4])
 redis.pcall('SREM', KEYS[5], ARGV[1])
 redis.pcall('ZREM', KEYS[6], ARGV[3])
 redis.pcall('LREM', KEYS[8], 0, ARGV[2])
-local t = redis.call('TYPE', KEYS[3])['ok']
-if t == 'none' then return 0 end
-if t ~= 'hash' then return 'wrongtype:' .. t end
-local n = redis.pcall('HINCRBY', KEYS[3], '"""
-    + REDELIVERIES_FIELD
-    + """', 1)
-if type(n) ~= 'number' then n = tonumber(ARGV[4]) + 1 end
-if n > tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[3], 'status', 'failed', 'ended_at', ARGV[6])
-  redis.call('ZADD', KEYS[7], ARGV[5], ARGV[2])
-  return -n
-end
-redis.call('HSET', KEYS[3], 'status', 'queued')
-redis.call('LPUSH', KEYS[2], ARGV[2])
-return n
+return redeliver(KEYS[2], KEYS[3], KEYS[7], ARGV[2], ARGV[4], ARGV[5], ARGV[6])
 """
 )
 
@@ -101,21 +108,7 @@ _RECOVER_INTERMEDIATE = (
 local bad = check(KEYS[2], 'list') or check(KEYS[4], 'zset')
 if bad then return bad end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return false end
-local t = redis.call('TYPE', KEYS[3])['ok']
-if t == 'none' then return 0 end
-if t ~= 'hash' then return 'wrongtype:' .. t end
-local n = redis.pcall('HINCRBY', KEYS[3], '"""
-    + REDELIVERIES_FIELD
-    + """', 1)
-if type(n) ~= 'number' then n = tonumber(ARGV[2]) + 1 end
-if n > tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[3], 'status', 'failed', 'ended_at', ARGV[4])
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-  return -n
-end
-redis.call('HSET', KEYS[3], 'status', 'queued')
-redis.call('LPUSH', KEYS[2], ARGV[1])
-return n
+return redeliver(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
 )
 
