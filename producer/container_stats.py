@@ -8,11 +8,12 @@ OOM killer weighs; cgroup v1 and v2 report it under different keys, both are rea
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from producer.loop_thread import LoopThread
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ class StatsSampler:
         self.container = container
         self.readings: list[StatsReading] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread(self._loop, "poolq-docker-stats")
+        self._stop = self._runner.stopping
 
     def sample_now(self) -> StatsReading | None:
         """A single reading, now (``one_shot``: no wait for a second sample)."""
@@ -100,11 +101,7 @@ class StatsSampler:
                     stream.close()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="poolq-docker-stats", daemon=True)
-        self._thread.start()
+        self._runner.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._runner.stop()

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import psutil
 import redis
 
+from producer.loop_thread import LoopThread
+
 
 @dataclass(frozen=True)
 class TreeReading:
@@ -45,8 +47,8 @@ class TreeSampler:
         self.readings: list[TreeReading] = []
         self._cpu = 0.0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread(self._loop, "poolq-tree-sampler")
+        self._stop = self._runner.stopping
 
     def sample_now(self) -> TreeReading:
         with self._lock:
@@ -80,15 +82,10 @@ class TreeSampler:
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - t0)))
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="poolq-tree-sampler", daemon=True)
-        self._thread.start()
+        self._runner.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._runner.stop()
 
     def between(self, t0: float, t1: float) -> list[TreeReading]:
         with self._lock:

@@ -7,11 +7,12 @@ seconds, so a cell waits ``--metrics-settle`` after its last job before the fina
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from producer.loop_thread import LoopThread
 
 
 def scrape(url: str, timeout: float = 5.0) -> list[tuple[str, dict[str, str], float]]:
@@ -77,8 +78,10 @@ class MetricsProbe:
     interval: float = 0.5
     readings: list[MetricsReading] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _runner: LoopThread = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._runner = LoopThread(self._loop, "poolq-metrics-probe", join_timeout=10)
 
     def sample_now(self) -> MetricsReading | None:
         try:
@@ -90,16 +93,11 @@ class MetricsProbe:
         return r
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._runner.stopping.wait(self.interval):
             self.sample_now()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="poolq-metrics-probe", daemon=True)
-        self._thread.start()
+        self._runner.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._runner.stop()

@@ -33,7 +33,7 @@ PACKAGES = ("worker", "producer", "bench")
 LAYERS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "producer": [
         ("foundations", ("producer", "producer.errors", "producer.records", "producer.stats", "producer.erlang",
-                         "producer.fmt", "producer.settings")),
+                         "producer.fmt", "producer.settings", "producer.loop_thread")),
         ("requests", ("producer.workloads", "producer.arrivals", "producer.options")),
         ("results", ("producer.results", "producer.files", "producer.summary")),
         ("instruments", ("producer.enqueue", "producer.measure", "producer.sampling", "producer.scrape",
