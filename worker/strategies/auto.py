@@ -33,20 +33,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from worker.allowlist import allowlist_for
-from worker.errors import ChildCrashed
 from worker.events import RouteChanged
 from worker.hints import CPU, POOL_OF_CLASS
 from worker.poolchild import runqueue_wait, schedstat
 from worker.strategies.base import Strategy, StrategyConfig
-from worker.strategies.children import (
-    ChildDied,
-    Overdue,
-    PoolChild,
-    recycle_reason,
-    spawn_context,
-    timeout_error,
-    unpack_reply,
-)
+from worker.strategies.children import PoolChild, call_child, recycle_reason, spawn_context, unpack_reply
 from worker.strategies.places import AutoSlot, ChildSlot, Places
 from worker.strategies.routing import Profile, Router, process_cpu_reader, thread_cpu_reader
 from worker.strategies.slots import Slot, SlotThreads, Work
@@ -246,17 +237,7 @@ class AutoStrategy(Strategy):
                 rid = self.router.run_started(func_name, process_cpu_reader(child.pid))
             t0 = time.perf_counter()
             remaining = max(0.001, deadline - time.monotonic())
-            try:
-                reply = child.call(job, remaining)
-            except Overdue:
-                self._replace(cs, "timed_out")
-                raise timeout_error(timeout, f"pool child {child.pid} was killed") from None
-            except ChildDied as d:
-                self._replace(cs, d.reason or "crashed")
-                raise d.error(timeout) from None
-            except ChildCrashed:
-                self._replace(cs, "crashed")
-                raise
+            reply = call_child(child, job, remaining, timeout, lambda reason: self._replace(cs, reason))
             wall = time.perf_counter() - t0
             self._after_job(cs)
             value, cpu, waited = _measured(unpack_reply(job, reply))

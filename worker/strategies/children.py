@@ -224,3 +224,31 @@ class PoolChild(Child):
             self.kill()
         with contextlib.suppress(OSError):
             self.conn.close()
+
+
+def call_child(
+    child: PoolChild,
+    job: Job,
+    wait: float,
+    timeout: float,
+    replace: Callable[[str], None],
+    died_as: str | None = None,
+) -> tuple[Any, ...]:
+    """``child.call(job, wait)``, with a failed call handled alike by every pool of children.
+
+    The child is replaced (``replace(reason)``) and the job's error raised: a child gone before
+    the call (``crashed``), one overdue (``timed_out``: a timeout of ``timeout`` s), one that
+    died mid-job (replaced as ``died_as``, else as the reason it was killed for, else
+    ``crashed``; the error says why it died).
+    """
+    try:
+        return child.call(job, wait)
+    except ChildCrashed:
+        replace("crashed")
+        raise
+    except Overdue:
+        replace("timed_out")
+        raise timeout_error(timeout, f"pool child {child.pid} was killed") from None
+    except ChildDied as d:
+        replace(died_as or d.reason or "crashed")
+        raise d.error(timeout) from None

@@ -11,17 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import ChildCrashed
 from worker.strategies.base import Strategy, StrategyConfig
-from worker.strategies.children import (
-    ChildDied,
-    Overdue,
-    PoolChild,
-    recycle_reason,
-    spawn_context,
-    timeout_error,
-    unpack_reply,
-)
+from worker.strategies.children import PoolChild, call_child, recycle_reason, spawn_context, unpack_reply
 from worker.strategies.slots import Slot, SlotThreads, Work
 
 if TYPE_CHECKING:
@@ -87,17 +78,7 @@ class ProcessStrategy(Strategy):
 
     def perform(self, job: Job, timeout: float) -> Any:
         slot, child = self._child()
-        try:
-            reply = child.call(job, timeout)
-        except ChildCrashed:
-            self._replace(slot, "crashed")
-            raise
-        except Overdue:
-            self._replace(slot, "timed_out")
-            raise timeout_error(timeout, f"pool child {child.pid} was killed") from None
-        except ChildDied as d:
-            self._replace(slot, "crashed")
-            raise d.error(timeout) from None
+        reply = call_child(child, job, timeout, timeout, lambda reason: self._replace(slot, reason), died_as="crashed")
         reason = recycle_reason(child.pid, child.jobs_done, self.config, "pool child")
         if reason is not None:
             self._replace(slot, reason, stop=True)
