@@ -68,8 +68,9 @@ _engine_up = docker_engine.engine_up
 _ensure_engine = docker_engine.ensure_engine  # test_compose_scale.py uses it too
 
 
-def compose(*args: str, env: dict[str, str], timeout: float = 900, check: bool = True) -> str:
-    cmd = ["bash", str(SANDBOX), "compose", str(ROOT), "--", "-p", PROJECT, *args]
+def compose(*args: str, env: dict[str, str], timeout: float = 900, check: bool = True, project: str = PROJECT) -> str:
+    """``docker compose -p <project> <args>`` run through ``SANDBOX``: its output, or a failed assertion."""
+    cmd = ["bash", str(SANDBOX), "compose", str(ROOT), "--", "-p", project, *args]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")

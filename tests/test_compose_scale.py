@@ -9,7 +9,6 @@ taken down with its volumes); skips, saying why, only where no engine can be had
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,11 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(1500)]
 
 
 def compose(*args: str, env: dict[str, str], timeout: float = 900, check: bool = True) -> str:
-    cmd = ["bash", str(smoke.SANDBOX), "compose", str(smoke.ROOT), "--", "-p", PROJECT, *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=smoke.ROOT)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r.stdout + r.stderr
+    return smoke.compose(*args, env=env, timeout=timeout, check=check, project=PROJECT)
 
 
 def wait(predicate: Any, timeout: float, what: str) -> Any:
