@@ -17,17 +17,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
-from typing import Any
+from typing import Any, Protocol
 
 KINDS = ("thread", "forkserver", "spawn", "fork")
 
 
-def _ready_thread(q: Any, i: int) -> None:
-    q.put(i)
-
-
-def _ready_process(q: Any, i: int) -> None:
+def _ready(q: Any, i: int) -> None:
+    """The first line of code a new thread or process runs: it says so."""
     q.put(i)
 
 
@@ -42,33 +40,35 @@ def _context(kind: str) -> SpawnContext | ForkContext | ForkServerContext:
     return multiprocessing.get_context("spawn")
 
 
+class _Runner(Protocol):
+    def start(self) -> None: ...
+
+    def join(self) -> None: ...
+
+
 def measure(kind: str, n: int) -> dict[str, float]:
     if kind == "thread":
         import queue
 
         tq: queue.SimpleQueue[int] = queue.SimpleQueue()
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=_ready_thread, args=(tq, i)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for _ in range(n):
-            tq.get()
-        ready = time.perf_counter() - t0
-        for t in threads:
-            t.join()
-        return {"ready_s": ready, "joined_s": time.perf_counter() - t0}
+        return _ready_and_joined(t0, [threading.Thread(target=_ready, args=(tq, i)) for i in range(n)], tq.get)
     ctx = _context(kind)
     pq = ctx.SimpleQueue()
     t0 = time.perf_counter()
-    procs = [ctx.Process(target=_ready_process, args=(pq, i)) for i in range(n)]
-    for p in procs:
-        p.start()
-    for _ in range(n):
-        pq.get()
-    ready = time.perf_counter() - t0
-    for p in procs:
-        p.join()
-    return {"ready_s": ready, "joined_s": time.perf_counter() - t0}
+    return _ready_and_joined(t0, [ctx.Process(target=_ready, args=(pq, i)) for i in range(n)], pq.get)
+
+
+def _ready_and_joined(t0: float, runners: Sequence[_Runner], ready: Callable[[], object]) -> dict[str, float]:
+    """Starts the threads or processes, waits for each one's first line, joins them: seconds since ``t0``."""
+    for r in runners:
+        r.start()
+    for _ in runners:
+        ready()
+    ready_s = time.perf_counter() - t0
+    for r in runners:
+        r.join()
+    return {"ready_s": ready_s, "joined_s": time.perf_counter() - t0}
 
 
 def run_fresh(kind: str, n: int, runs: int = 3, timeout: float = 120.0) -> dict[str, Any]:
