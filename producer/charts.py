@@ -40,6 +40,14 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize=8)
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lays the figure out, writes it to ``path`` and frees it (pyplot keeps every open figure)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _label(row: SummaryRow) -> str:
     return row.label  # container experiments: the same slots under two limits are two configurations
 
@@ -129,11 +137,7 @@ def memory_chart(out: Path, summary: list[SummaryRow]) -> Path:
         ax.set_ylabel("MiB, worker tree (bar: peak under load; -: idle)")
         _legend(ax)
     fig.suptitle("Memory per strategy")
-    fig.tight_layout()
-    path = out / "memory.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "memory.png")
 
 
 def _bars(
@@ -157,11 +161,7 @@ def _bars(
         ax.set_yscale("log")
     _legend(ax)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = out / name
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / name)
 
 
 def latency_cdf(out: Path, summary: list[SummaryRow]) -> Path | None:
@@ -197,11 +197,7 @@ def latency_cdf(out: Path, summary: list[SummaryRow]) -> Path | None:
         _legend(ax)
     for idx in range(len(workloads), rows * cols):
         axes[idx // cols][idx % cols].axis("off")
-    fig.tight_layout()
-    path = out / "latency_cdf.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "latency_cdf.png")
 
 
 def cpu_scaling_chart(out: Path, summary: list[SummaryRow]) -> Path | None:
@@ -236,11 +232,7 @@ def cpu_scaling_chart(out: Path, summary: list[SummaryRow]) -> Path | None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         _legend(ax)
-    fig.tight_layout()
-    path = out / "cpu_scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "cpu_scaling.png")
 
 
 def timeouts_chart(out: Path, timeouts: list[TimeoutRun]) -> Path | None:
@@ -261,11 +253,7 @@ def timeouts_chart(out: Path, timeouts: list[TimeoutRun]) -> Path | None:
     ax.set_title("A job that overruns its timeout: does its code stop?")
     ax.grid(alpha=0.3)
     _legend(ax)
-    fig.tight_layout()
-    path = out / "timeouts.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "timeouts.png")
 
 
 def write_all(out: Path, results: Results) -> list[Path]:
