@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from support import docker_engine
-from support.base import one_line
+from support.base import one_line, run_producer
 
 from producer.containers import LABEL, leftovers
 
@@ -38,16 +38,7 @@ engine_test = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(1800)]
 
 
 def producer(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("PRODUCER_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_producer(*args, env=env, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------

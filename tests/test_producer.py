@@ -11,11 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ import pytest
 import redis as redis_lib
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from support.base import free_port, one_line
+from support.base import free_port, one_line, run_producer
 from support.redis_server import RedisServer
 from support.workers import start_worker, wait_registered
 
@@ -36,8 +33,6 @@ from producer.errors import BadInput
 from producer.plan import make_plan
 from producer.workloads import MAX_ARGS_BYTES, build_spec, parse_param
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def call(argv: list[str]) -> int:
     """``python -m producer`` in this process; argparse's own exits become return codes."""
@@ -47,17 +42,7 @@ def call(argv: list[str]) -> int:
         return int(e.code or 0)
 
 
-def producer(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("PRODUCER_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "producer", *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+producer = run_producer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +16,26 @@ PYTHON = sys.executable
 RQ_CLI = str(Path(PYTHON).parent / "rq")
 
 T = TypeVar("T")
+
+
+def run_producer(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m producer <args>`` from the repository, to completion; what it printed, its exit code.
+
+    The caller's ``REDIS_URL`` and ``PRODUCER_*`` settings are left out (a test passes what it
+    means in ``env``), so a developer's environment cannot change what a test runs.
+    """
+    full_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("PRODUCER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [PYTHON, "-m", "producer", *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:
