@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from redis import Redis
-from support.base import PYTHON, REPO_ROOT, free_port, wait_for
+from support.base import free_port, wait_for
 from support.redis_server import RedisServer
 from support.rq_jobs import enqueue_many, fetch, json_queue
-from support.workers import assert_one_line_error, run_cli, start_worker, stop, wait_registered, worker_env
+from support.workers import assert_one_line_error, run_cli, start_worker, stop, wait_registered
 
 from worker import defaults
 from worker.recovery import REDELIVERIES_FIELD
@@ -418,15 +418,7 @@ def test_the_worker_clients_retries_end_when_its_gate_says_stop() -> None:
 
 
 def run_producer(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "producer", *args],
-        cwd=REPO_ROOT,
-        env=worker_env(env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(args, env, timeout=60, module="producer")
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,11 @@ proved by what the worker then does (where jobs ran, what it consumed), not by i
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from redis import Redis
-from support.base import PYTHON, REPO_ROOT, free_port, wait_for
+from support.base import REPO_ROOT, free_port, wait_for
 from support.rq_jobs import enqueue_many, fetch, finished_records, json_queue
 from support.workers import (
     assert_ok,
@@ -22,7 +21,6 @@ from support.workers import (
     start_worker,
     stop,
     wait_registered,
-    worker_env,
 )
 
 from worker import defaults
@@ -234,27 +232,8 @@ def test_a_prefix_of_a_flag_is_refused() -> None:
     assert "unrecognized arguments: --max-jobs" in assert_one_line_error(res)
     res = run_cli(["--check", "--redis-url", f"redis://127.0.0.1:{free_port()}/0", "--shutdown", "1"])
     assert "unrecognized arguments: --shutdown" in assert_one_line_error(res)
-    producer = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "producer",
-            "plan",
-            "--results",
-            "nowhere",
-            "--workload",
-            "io",
-            "--arrival-rate",
-            "3",
-            "--slo",
-            "1",
-        ],
-        cwd=REPO_ROOT,
-        env=worker_env(None),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
+    producer = run_cli(
+        ["plan", "--results", "nowhere", "--workload", "io", "--arrival-rate", "3", "--slo", "1"], module="producer"
     )
     assert "unrecognized arguments: --slo" in assert_one_line_error(producer)
 

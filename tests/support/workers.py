@@ -329,11 +329,11 @@ def log_lines(text: str, needle: str) -> list[str]:
 
 
 def run_cli(
-    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 30.0
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 30.0, module: str = "worker"
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m worker ARGS`` with a clean environment plus ``env`` (no --redis-url added)."""
+    """``python -m worker ARGS`` (or ``module``) with a clean environment plus ``env`` (no --redis-url added)."""
     return subprocess.run(
-        [PYTHON, "-m", "worker", *args],
+        [PYTHON, "-m", module, *args],
         cwd=REPO_ROOT,
         env=worker_env(env),
         capture_output=True,
