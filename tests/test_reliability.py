@@ -573,6 +573,25 @@ def _stop_timed(worker: WorkerProcess, second: bool = False) -> tuple[int, float
     return code, time.monotonic() - t0
 
 
+def _sigterm_exits_in_time(worker: WorkerProcess, strategy: str, shutdown_timeout: float, what: str) -> None:
+    """SIGTERM: the worker exits 0 within its shutdown timeout + 2 s (a bound against hangs)."""
+    code, took = _stop_timed(worker)
+    print(f"\n[{strategy}] {what}: exit after {took:.1f} s (bound {shutdown_timeout + 2:g} s)")
+    assert code == 0, worker.describe()
+    assert took <= shutdown_timeout + 2, f"exit {took:.1f} s after SIGTERM\n{worker.describe()}"
+
+
+def _assert_drained(
+    conn: Redis[bytes], runs: str, running: list[str], waiting: list[str], worker: WorkerProcess
+) -> dict[str, int]:
+    """The running jobs finished, each ran exactly once, the waiting ones are still queued: the executions."""
+    assert [outcome(conn, i).status for i in running] == ["finished"] * len(running), worker.describe()
+    counts = executions(runs)
+    assert {k: v for k, v in counts.items() if k.startswith("r")} == {f"r{i}": 1 for i in range(len(running))}
+    assert [status(conn, i) for i in waiting] == ["queued"] * 3
+    return counts
+
+
 def _assert_requeued(conn: Redis[bytes], ids: list[str], worker: WorkerProcess) -> None:
     in_queue = queue(conn).get_job_ids()
     for i in ids:
@@ -590,16 +609,9 @@ def test_sigterm_drains_running_jobs_exactly_once(server: Any, conn: Redis[bytes
     registers its death; the waiting jobs stay queued, never run."""
     timeout = 8.0
     worker, running, waiting = _drain_setup(server, conn, runs, strategy, timeout, 2.0)
-    code, took = _stop_timed(worker)
-    print(f"\n[{strategy}] warm drain of 2 s jobs took {took:.1f} s (bound {timeout + 2:g} s)")
-    assert code == 0, worker.describe()
-    assert took <= timeout + 2, f"exit {took:.1f} s after SIGTERM\n{worker.describe()}"
-    for i in running:
-        assert outcome(conn, i).status == "finished", worker.describe()
-    counts = executions(runs)
-    assert {k: v for k, v in counts.items() if k.startswith("r")} == {f"r{i}": 1 for i in range(len(running))}
+    _sigterm_exits_in_time(worker, strategy, timeout, "warm drain of 2 s jobs")
+    counts = _assert_drained(conn, runs, running, waiting, worker)
     assert not any(k.startswith("q") for k in counts), f"a job was dequeued after SIGTERM: {counts}"
-    assert [status(conn, i) for i in waiting] == ["queued"] * 3
     assert queue(conn).get_job_ids() == waiting
     assert not conn.sismember("rq:workers", f"rq:worker:{worker.name}")
 
@@ -614,10 +626,7 @@ def test_sigterm_requeues_jobs_longer_than_shutdown_timeout(
     jobs that were waiting; nothing is left in the started registry."""
     timeout = 3.0
     worker, running, waiting = _drain_setup(server, conn, runs, strategy, timeout, 20.0)
-    code, took = _stop_timed(worker)
-    print(f"\n[{strategy}] drain with 20 s jobs: exit after {took:.1f} s (bound {timeout + 2:g} s)")
-    assert code == 0, worker.describe()
-    assert took <= timeout + 2, f"exit {took:.1f} s after SIGTERM\n{worker.describe()}"
+    _sigterm_exits_in_time(worker, strategy, timeout, "drain with 20 s jobs")
     _assert_requeued(conn, running, worker)
     assert set(queue(conn).get_job_ids()) == set(running) | set(waiting)
     assert all(v == 1 for v in executions(runs).values())
@@ -654,10 +663,7 @@ def test_ctrl_c_to_the_process_group_drains_like_sigterm(
     took = time.monotonic() - t0
     assert code == 0, worker.describe()
     assert took <= timeout + 2, f"exit {took:.1f} s after SIGINT\n{worker.describe()}"
-    assert [outcome(conn, i).status for i in running] == ["finished"] * len(running), worker.describe()
-    counts = executions(runs)
-    assert {k: v for k, v in counts.items() if k.startswith("r")} == {f"r{i}": 1 for i in range(len(running))}
-    assert [status(conn, i) for i in waiting] == ["queued"] * 3
+    _assert_drained(conn, runs, running, waiting, worker)
     wait_for(lambda: not group_members(worker.pid), 10, what="the forkserver and children to exit")
 
 
