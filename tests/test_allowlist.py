@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,7 +109,8 @@ def test_a_pattern_that_could_never_admit_a_name_is_refused(pattern: str) -> Non
         ("tests.security_jobs.os.system", None),  # walks into another module: refused before getattr
         ("tests.security_jobs.subprocess.run", None),
         ("tests.security_jobs.run_alias", "subprocess.run"),  # a re-export
-        ("tests.security_jobs.Path", "pathlib.Path"),  # a class imported from elsewhere
+        # a class imported from elsewhere (defined in pathlib._local from Python 3.13 on)
+        ("tests.security_jobs.Path", f"{Path.__module__}.Path"),
         ("tests.security_jobs.Redis", "redis.client.Redis"),
     ],
 )
