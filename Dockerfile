@@ -5,7 +5,7 @@ FROM python:3.12-slim AS build
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
-COPY requirements ./requirements
+COPY requirements-*.txt ./
 COPY worker ./worker
 COPY producer ./producer
 # The producer's extra too: compose's producer service (demo, experiment, plan) runs from this image.

@@ -338,7 +338,7 @@ def _env_urls() -> list[str]:
     return [u for u in (os.environ.get("REDIS_URL"), os.environ.get("PRODUCER_REDIS_URL")) if u]
 
 
-# What the producer's extra brings (requirements/producer.txt); imported lazily by the commands.
+# What the producer's extra brings (requirements-producer.txt); imported lazily by the commands.
 EXTRA_MODULES = frozenset({"numpy", "matplotlib", "rich"})
 
 

@@ -54,8 +54,7 @@ def test_a_fresh_venv_with_the_plain_install_runs_the_worker(tmp_path: Path) -> 
     src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
     shutil.copytree(ROOT / "worker", src / "worker", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "producer", src / "producer", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "requirements", src / "requirements")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", *(p.name for p in ROOT.glob("requirements-*.txt"))):
         shutil.copy(ROOT / name, src / name)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
