@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import redis
 
+from producer.processes import kill_group  # SIGKILL to a whole process group (worker, forkserver, children)
 from support.base import PYTHON, REPO_ROOT, wait_for
 
 # Worker arguments that allow the tests' own job functions (tests/jobs.py) beside the built-in ones.
@@ -239,12 +240,6 @@ def stop(
         raise AssertionError(
             f"worker did not exit within {timeout:g} s of {signal.Signals(sig).name}: {detail}"
         ) from None
-
-
-def kill_group(pgid: int) -> None:
-    """SIGKILL to a whole process group (worker, forkserver, pool children)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def descendants(pid: int) -> set[int]:
